@@ -1,0 +1,134 @@
+"""One dataclass holds a training run's settings; presets fill it, the command line overrides any field."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlm.hub import UserError
+
+MAX_POSITIONS = 512  # of the from-scratch model; a pretrained model's own limit is checked when it is loaded
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "checkpoints/run"
+    preset: str = "scratch"
+    # data
+    data_dir: str | None = None  # local WikiText folder; None means the hub's wikitext-2-raw-v1
+    text_files: list[str] = field(default_factory=list)  # a plain-text corpus instead of WikiText
+    tokenizer: str = "bert-base-uncased"
+    block_size: int = 128
+    max_train_blocks: int | None = None
+    max_eval_blocks: int | None = None
+    mask_probability: float = 0.15  # training only; validation is always 15% with fixed masks
+    # model
+    pretrained: str | None = None  # None trains the small BERT from scratch
+    dropout: float | None = None  # None keeps the model's own (0.1 for the from-scratch model)
+    lora_rank: int = 0  # > 0 fine-tunes LoRA adapters and the MLM head instead of every weight
+    # optimisation
+    epochs: float = 3.0
+    lr: float = 5e-4
+    batch_size: int = 8  # per device
+    eval_batch_size: int = 16
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    # execution
+    mixed_precision: str = "auto"  # auto | no | bf16 | fp16
+    cuda_graphs: bool = True  # capture the whole step on one GPU (ignored elsewhere)
+    eval_every: int | None = None  # steps; evaluation also runs after every epoch
+    log_every: int = 50
+    max_minutes: float | None = None  # stop (resumably) after this long: for CPU demos
+
+    def validate(self) -> "TrainConfig":
+        positive = {"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
+                    "eval_batch_size": self.eval_batch_size, "block_size": self.block_size, "log_every": self.log_every}
+        for name, value in positive.items():
+            if not value > 0:
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.block_size > MAX_POSITIONS:
+            raise UserError(f"--block-size {self.block_size} exceeds the model's {MAX_POSITIONS} positions")
+        if not 0 < self.mask_probability < 1:
+            raise UserError(f"--mask-probability must be between 0 and 1, got {self.mask_probability}")
+        if self.mixed_precision not in {"auto", "no", "bf16", "fp16"}:
+            raise UserError(f"--mixed-precision must be auto, no, bf16 or fp16, got {self.mixed_precision}")
+        for name in ("max_train_blocks", "max_eval_blocks", "eval_every", "max_minutes"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.lora_rank and not self.pretrained:
+            raise UserError("--lora-rank needs --pretrained: LoRA adapts a pretrained model")
+        return self
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainConfig":
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise UserError(f"cannot read {path}: {error}") from error
+        values["adam_betas"] = tuple(values.get("adam_betas", (0.9, 0.999)))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+# The original recipe; bert-base-uncased fine-tuning; and the best recipe found for this model and data (see
+# benchmarks/README.md for the search). Presets only set fields; everything else keeps the defaults above.
+PRESETS: dict[str, dict] = {
+    "scratch": dict(lr=5e-4, epochs=3, batch_size=8, eval_batch_size=16),
+    "finetune": dict(pretrained="bert-base-uncased", lr=5e-5, epochs=4, batch_size=8, eval_batch_size=16),
+    "fast": dict(lr=2e-3, epochs=40, batch_size=128, eval_batch_size=256, warmup_ratio=0.06, weight_decay=0.01,
+                 adam_betas=(0.9, 0.98), mask_probability=0.15),
+}
+
+
+def preset_config(preset: str, **overrides) -> TrainConfig:
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
+    return TrainConfig(preset=preset, **{**PRESETS[preset], **overrides})
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mlm.train", description="Pre-train or fine-tune a BERT masked language model.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--preset", default="scratch", help=f"one of {', '.join(PRESETS)}")
+    parser.add_argument("--output-dir", help="run folder (default: checkpoints/<preset>)")
+    parser.add_argument("--resume", metavar="DIR", help="continue the stopped run in DIR")
+    # Every TrainConfig field can be overridden; None means "keep the preset's value".
+    flag_types = {
+        "data_dir": str, "tokenizer": str, "block_size": int, "max_train_blocks": int, "max_eval_blocks": int,
+        "mask_probability": float, "pretrained": str, "dropout": float, "lora_rank": int, "epochs": float,
+        "lr": float, "batch_size": int, "eval_batch_size": int, "warmup_ratio": float, "weight_decay": float,
+        "max_grad_norm": float, "seed": int, "mixed_precision": str, "eval_every": int, "log_every": int,
+        "max_minutes": float,
+    }
+    for name, kind in flag_types.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None)
+    parser.add_argument("--text-file", action="append", dest="text_files", help="plain text corpus (repeatable)")
+    parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_const", const=False, default=None)
+    return parser
+
+
+def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
+    """(config, resume_dir). With --resume the run's saved config is the base and flags still override it."""
+    args = argument_parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k not in {"preset", "resume"}}
+    if args.resume:
+        saved = Path(args.resume) / "train_config.json"
+        if not saved.is_file():
+            raise UserError(f"nothing to resume in {args.resume}: no train_config.json")
+        config = dataclasses.replace(TrainConfig.load(saved), **{"output_dir": args.resume, **overrides})
+    else:
+        overrides.setdefault("output_dir", f"checkpoints/{args.preset}")
+        config = preset_config(args.preset, **overrides)
+    return config.validate(), args.resume

@@ -1,0 +1,176 @@
+"""The model: Hugging Face's BertForMaskedLM, built small from scratch or loaded pretrained, plus the fast MLM loss.
+
+Everything saved here is a plain `save_pretrained` folder in safetensors, so `pipeline("fill-mask", model=DIR)`
+works on it. A LoRA fine-tune is saved as a PEFT adapter plus the MLM head's own parameters (`mlm_head.safetensors`)
+on top of a base model that is named, not copied: a few MB instead of a full model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mlm.data import IGNORE_INDEX
+from mlm.hub import UserError, resolve
+
+# The mission's model: 3 layers, hidden 256, 4 heads, FFN 1024, 512 positions, dropout 0.1 -> 10,411,834 parameters.
+SCRATCH_ARCHITECTURE = dict(
+    num_hidden_layers=3, hidden_size=256, num_attention_heads=4, intermediate_size=1024,
+    max_position_embeddings=512, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+)
+LORA_TARGETS = r".*encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
+MLM_HEAD_FILE = "mlm_head.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+BASE_MODEL_FILE = "base_model.json"  # names the base of a LoRA checkpoint: a package name, hub name or path
+
+
+def scratch_model(tokenizer, dropout: float = 0.1):
+    from transformers import BertConfig, BertForMaskedLM
+
+    config = BertConfig(
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+        **{**SCRATCH_ARCHITECTURE, "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout},
+    )
+    return BertForMaskedLM(config)
+
+
+def pretrained_model(name_or_path: str, dropout: float | None = None):
+    """Any BERT checkpoint as BertForMaskedLM. An encoder without MLM head (MiniLM) gets a fresh head whose decoder
+    is tied to the pretrained input embeddings."""
+    from transformers import BertForMaskedLM
+
+    overrides = {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
+    try:
+        return BertForMaskedLM.from_pretrained(resolve(name_or_path), use_safetensors=True, **overrides)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load a BERT model from '{name_or_path}': {error}") from error
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Unique parameters (the tied decoder weight is the embedding matrix, counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The fast loss: run the MLM head only where something is masked
+
+
+class MaskedLMObjective(nn.Module):
+    """Loss of a BertForMaskedLM, computing the 30,522-way output layer only at masked positions.
+
+    In this small model the output layer is three quarters of all arithmetic, and only ~15% of positions carry a
+    label. Gathering a fixed number (`max_predictions`) of positions, masked ones first, keeps every shape static,
+    so the step can be compiled or captured as a CUDA graph; padding positions carry IGNORE_INDEX and drop out of
+    the mean. The result equals `BertForMaskedLM(...).loss` on the same batch. Wrapping it as a module lets DDP see
+    one forward.
+    """
+
+    def __init__(self, model, max_predictions: int):
+        super().__init__()
+        self.model = model
+        self.max_predictions = max_predictions
+
+    def predictions(self, input_ids: torch.Tensor, labels: torch.Tensor):
+        """(logits, targets) at up to `max_predictions` positions; targets are IGNORE_INDEX at padding."""
+        hidden = self.model.bert(input_ids=input_ids).last_hidden_state
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        targets = labels.reshape(-1)
+        # Stable sort of "is not masked" puts the masked positions first, in order, with a static output size.
+        order = torch.argsort((targets == IGNORE_INDEX).to(torch.uint8), stable=True)[: self.max_predictions]
+        return self.model.cls(hidden[order]), targets[order]
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits, targets = self.predictions(input_ids, labels)
+        return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# LoRA: a few MB on top of a pretrained encoder
+
+
+def head_parameters(model) -> dict[str, nn.Parameter]:
+    """The MLM head's own parameters: its transform and output bias (the decoder weight is the embedding)."""
+    head = model.cls.predictions
+    named = {f"cls.predictions.transform.{n}": p for n, p in head.transform.named_parameters()}
+    return {**named, "cls.predictions.bias": head.bias}
+
+
+def add_lora(model, rank: int, alpha: float | None = None, dropout: float = 0.1):
+    """Freeze the encoder, add LoRA adapters to every linear layer of it, train the MLM head's own parameters."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=rank, lora_alpha=alpha or 2 * rank, lora_dropout=dropout, target_modules=LORA_TARGETS)
+    peft_model = get_peft_model(model, config)
+    for parameter in head_parameters(peft_model.base_model.model).values():
+        parameter.requires_grad_(True)
+    return peft_model
+
+
+def load_head(model, folder: Path) -> None:
+    """Copy a LoRA checkpoint's MLM head parameters into a BertForMaskedLM."""
+    head = load_file(folder / MLM_HEAD_FILE)
+    own = head_parameters(model)
+    if set(own) - set(head):
+        raise UserError(f"{folder / MLM_HEAD_FILE} lacks {sorted(set(own) - set(head))[0]}")
+    with torch.no_grad():
+        for name, parameter in own.items():
+            parameter.copy_(head[name])
+
+
+def load_lora_weights(peft_model, folder: Path) -> None:
+    """Adapter and head of a LoRA checkpoint into a model from `add_lora` (to resume training it)."""
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(peft_model, load_file(folder / "adapter_model.safetensors"))
+    load_head(bert_for_masked_lm(peft_model), folder)
+
+
+def is_lora(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def bert_for_masked_lm(model):
+    """The plain BertForMaskedLM inside a PEFT wrapper (or the model itself)."""
+    return model.base_model.model if is_lora(model) else model
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints: save_pretrained folders, loaded from safetensors only
+
+
+def save_model(model, tokenizer, folder: Path, base_model: str | None = None, metadata: dict | None = None) -> None:
+    """Write a model folder (into a folder the caller renames into place). LoRA: adapter + head + base name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(folder)
+    if is_lora(model):
+        model.save_pretrained(folder, safe_serialization=True)
+        head = {name: p.detach().float().cpu().contiguous() for name, p in head_parameters(bert_for_masked_lm(model)).items()}
+        save_file(head, folder / MLM_HEAD_FILE, metadata={k: str(v) for k, v in (metadata or {}).items()})
+        (folder / BASE_MODEL_FILE).write_text(json.dumps({"base_model": base_model}) + "\n")
+    else:
+        model.save_pretrained(folder, safe_serialization=True)
+
+
+def load_model(folder: str | Path, torch_dtype: torch.dtype = torch.float32):
+    """A BertForMaskedLM ready for inference from a full checkpoint or a LoRA one (merged into the base)."""
+    from peft import PeftModel
+    from transformers import AutoModelForMaskedLM
+
+    folder = Path(folder)
+    try:
+        if not (folder / ADAPTER_CONFIG).is_file():
+            return AutoModelForMaskedLM.from_pretrained(folder, use_safetensors=True, dtype=torch_dtype).eval()
+        base = json.loads((folder / BASE_MODEL_FILE).read_text())["base_model"]
+        model = pretrained_model(base)
+        load_head(model, folder)
+        merged = PeftModel.from_pretrained(model, folder).merge_and_unload()
+        return merged.to(torch_dtype).eval()
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a broken checkpoint of any kind is one line for the user
+        raise UserError(f"cannot load the checkpoint in {folder}: {type(error).__name__}: {error}") from error

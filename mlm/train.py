@@ -1,0 +1,303 @@
+"""Training command: pre-train the small BERT or fine-tune a pretrained one, on CPU, one GPU or several.
+
+    python -m mlm.train --preset scratch --data-dir ../shared/data/wikitext-2-v1 --output-dir checkpoints/scratch
+    accelerate launch --num_processes 2 -m mlm.train --preset fast --data-dir ... --output-dir ...
+
+The loop is written for speed on a tiny model (see mlm/step.py): the token blocks live on the device, masking
+happens there, the host reads the loss only every `log_every` steps, and on one GPU each step is one CUDA graph
+replay. Several processes split every global batch (so `--batch-size` is per device and the global batch is
+batch_size x processes), average gradients through DDP and sum their evaluation counts.
+
+Bad input exits with status 2 and one line on stderr. SIGINT/SIGTERM (or --max-minutes) finish the current step,
+write a resumable checkpoint and exit 0; `--resume DIR` continues from its step.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from mlm import checkpoint as ckpt
+from mlm.config import TrainConfig, config_from_args
+from mlm.data import IGNORE_INDEX, MaskingSpec, fixed_validation_masks, load_mlm_data, max_predictions
+from mlm.hub import UserError
+from mlm.model import (
+    MaskedLMObjective, add_lora, bert_for_masked_lm, load_lora_weights, parameter_count, pretrained_model,
+    save_model, scratch_model,
+)
+from mlm.step import GraphedTrainStep, TrainStep, build_optimizer, linear_schedule, set_learning_rate
+
+
+def autocast_dtype(mixed_precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 where the hardware does it natively (any recent GPU; CPUs with AMX), else full fp32."""
+    if mixed_precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+        return torch.bfloat16 if device.type == "cpu" and amx else None
+    return torch.bfloat16 if mixed_precision == "bf16" else None
+
+
+def machine_name(device: torch.device, processes: int) -> str:
+    if device.type == "cuda":
+        return f"{processes} x {torch.cuda.get_device_name(device)} (torch {torch.__version__})"
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads (torch {torch.__version__})"
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, resume: bool = False):
+        from accelerate import Accelerator
+
+        self.config = config
+        self.run_dir = Path(config.output_dir)
+        self.resume = resume
+        if not resume and (self.run_dir / ckpt.CONFIG_FILE).exists():
+            raise UserError(f"{self.run_dir} already holds a run: --resume it or choose another --output-dir")
+        if config.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise UserError("--mixed-precision fp16 needs a GPU")
+        self.accelerator = Accelerator(mixed_precision="fp16" if config.mixed_precision == "fp16" else "no")
+        self.device = self.accelerator.device
+        self.is_main = self.accelerator.is_main_process
+        self.stop_reason: str | None = None
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Set-up
+
+    def build(self) -> None:
+        config, accelerator = self.config, self.accelerator
+        torch.manual_seed(config.seed)  # identical initial weights on every process
+        with accelerator.main_process_first():  # one process fills the datasets cache, the others read it
+            data = load_mlm_data(config.data_dir, config.text_files, config.tokenizer, config.block_size,
+                                 config.max_train_blocks, config.max_eval_blocks)
+        self.tokenizer, self.line_counts = data.tokenizer, data.line_counts
+        model = self.initial_model()
+        if config.block_size > model.config.max_position_embeddings:
+            raise UserError(f"--block-size {config.block_size} exceeds the model's {model.config.max_position_embeddings} positions")
+        self.model = model.to(self.device).train()
+        torch.manual_seed(config.seed + accelerator.process_index)  # masks and dropout differ across processes
+
+        self.spec = MaskingSpec.from_tokenizer(self.tokenizer, config.mask_probability)
+        self.train_blocks = data.train_blocks.to(self.device)
+        valid_inputs, valid_labels = fixed_validation_masks(data.valid_blocks, self.spec)
+        rank, world = accelerator.process_index, accelerator.num_processes
+        self.valid_inputs = valid_inputs[rank::world].to(self.device)  # each process evaluates its share
+        self.valid_labels = valid_labels[rank::world].to(self.device)
+
+        self.global_batch = config.batch_size * world
+        self.steps_per_epoch = len(self.train_blocks) // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise UserError(f"{len(self.train_blocks)} training blocks are fewer than one batch of {self.global_batch}")
+        self.total_steps = math.ceil(config.epochs * self.steps_per_epoch)
+        self.warmup_steps = math.ceil(config.warmup_ratio * self.total_steps)
+
+        inner = bert_for_masked_lm(self.model)
+        batch_tokens = config.batch_size * config.block_size
+        objective = MaskedLMObjective(inner, max_predictions(batch_tokens, config.mask_probability))
+        valid_counts = (self.valid_labels != IGNORE_INDEX).sum(dim=1)
+        self.eval_objective = MaskedLMObjective(inner, max(1, int(valid_counts.max()) * config.eval_batch_size))
+        self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay, config.adam_betas, self.device)
+        self.start_step = 0
+        if self.resume:
+            self.start_step = ckpt.load_training_state(self.run_dir, self.optimizer)["step"]
+        objective = accelerator.prepare(objective)  # DDP across processes; a no-op wrapper on one
+        if config.mixed_precision == "fp16":
+            self.optimizer = accelerator.prepare(self.optimizer)  # adds the loss scaler
+        self.autocast = None if config.mixed_precision == "fp16" else autocast_dtype(config.mixed_precision, self.device)
+        step_args = (objective, self.optimizer, self.spec, config.max_grad_norm, self.autocast, accelerator)
+        use_graphs = (config.cuda_graphs and self.device.type == "cuda" and world == 1
+                      and config.mixed_precision != "fp16")
+        self.step_fn = (GraphedTrainStep(*step_args, example_batch=self.train_blocks[: config.batch_size])
+                        if use_graphs else TrainStep(*step_args))
+
+    def initial_model(self):
+        """Fresh (scratch or pretrained, LoRA-wrapped if asked) or, for --resume, the run's own last weights."""
+        config = self.config
+        if self.resume and not config.lora_rank:
+            return pretrained_model(str(self.run_dir), config.dropout)
+        if config.pretrained:
+            model = pretrained_model(config.pretrained, config.dropout)
+        else:
+            model = scratch_model(self.tokenizer, 0.1 if config.dropout is None else config.dropout)
+        if config.lora_rank:
+            model = add_lora(model, config.lora_rank)
+            if self.resume:
+                load_lora_weights(model, self.run_dir)
+        return model
+
+    # ------------------------------------------------------------------------------------------------------------
+    # The loop
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        return torch.randperm(len(self.train_blocks), generator=generator).to(self.device)
+
+    def batch(self, order: torch.Tensor, position: int) -> torch.Tensor:
+        start = position * self.global_batch + self.accelerator.process_index * self.config.batch_size
+        return self.train_blocks[order[start : start + self.config.batch_size]]
+
+    def fit(self) -> int:
+        self.build()
+        config = self.config
+        self.install_stop_handlers()
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            config.save(self.run_dir / ckpt.CONFIG_FILE)
+            print(f"{parameter_count(self.model):,} parameters; {len(self.train_blocks):,} train blocks; "
+                  f"{self.total_steps:,} steps of {self.global_batch}; {machine_name(self.device, self.accelerator.num_processes)}",
+                  file=sys.stderr)
+        self.best_loss = min((m["loss"] for m in ckpt.read_metrics(self.run_dir) if m["split"] == "valid"), default=math.inf)
+        if self.start_step == 0:
+            self.evaluate(0)
+
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self.total_steps, initial=self.start_step, disable=not self.is_main, dynamic_ncols=True)
+        train_seconds, loss_sum, interval_start, interval_steps = 0.0, torch.zeros((), device=self.device), time.perf_counter(), 0
+        order, step = None, self.start_step
+        while step < self.total_steps:
+            epoch, position = divmod(step, self.steps_per_epoch)
+            if order is None or position == 0:
+                order = self.epoch_order(epoch)
+            set_learning_rate(self.optimizer, config.lr * linear_schedule(step, self.total_steps, self.warmup_steps))
+            loss_sum += self.step_fn(self.batch(order, position))
+            step += 1
+            interval_steps += 1
+            bar.update(1)
+            end_of_epoch = step % self.steps_per_epoch == 0 or step == self.total_steps
+            if step % config.log_every == 0 or end_of_epoch:
+                mean_loss = (self.accelerator.reduce(loss_sum, "mean") / interval_steps).item()  # the only sync
+                seconds = time.perf_counter() - interval_start
+                train_seconds += seconds
+                tokens = interval_steps * self.global_batch * config.block_size
+                self.log({"step": step, "epoch": step / self.steps_per_epoch, "split": "train", "loss": mean_loss,
+                          "lr": config.lr * linear_schedule(step - 1, self.total_steps, self.warmup_steps),
+                          "tokens_per_s": tokens / seconds, "elapsed_s": train_seconds, "total_steps": self.total_steps})
+                bar.set_postfix(loss=f"{mean_loss:.3f}")
+                loss_sum.zero_()
+                interval_steps = 0
+                if end_of_epoch or (config.eval_every and step % config.eval_every == 0):
+                    self.evaluate(step)
+                interval_start = time.perf_counter()
+            elif config.eval_every and step % config.eval_every == 0:
+                self.evaluate(step)
+            if self.should_stop(step):
+                break
+        bar.close()
+        if step < self.total_steps and step % self.steps_per_epoch and self.stop_reason:
+            self.evaluate(step)  # a stopped run still leaves a validation point at its last step
+        self.save(step)
+        if self.is_main:
+            state = "finished" if step >= self.total_steps else f"stopped ({self.stop_reason}); resume with --resume {self.run_dir}"
+            print(f"{state} at step {step}; checkpoint in {self.run_dir}", file=sys.stderr)
+        self.accelerator.end_training()
+        return 0
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Evaluation, logging, checkpoints
+
+    @torch.no_grad()
+    def evaluate(self, step: int) -> None:
+        model = bert_for_masked_lm(self.model).eval()
+        totals = torch.zeros(4, device=self.device, dtype=torch.float64)  # loss sum, targets, top-1 hits, top-5 hits
+        autocast = self.autocast or torch.float32
+        for start in range(0, len(self.valid_inputs), self.config.eval_batch_size):
+            stop = start + self.config.eval_batch_size
+            with torch.autocast(self.device.type, dtype=autocast, enabled=self.autocast is not None):
+                logits, targets = self.eval_objective.predictions(self.valid_inputs[start:stop], self.valid_labels[start:stop])
+            logits = logits.float()
+            counted = targets != IGNORE_INDEX
+            top5 = logits.topk(5, dim=-1).indices
+            hits = (top5 == targets[:, None]) & counted[:, None]
+            totals += torch.stack([
+                F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum").double(),
+                counted.sum().double(), hits[:, 0].sum().double(), hits.any(dim=1).sum().double(),
+            ])
+        model.train()
+        loss_sum, count, top1, top5 = self.accelerator.reduce(totals, "sum").tolist()
+        loss = loss_sum / max(count, 1)
+        self.log({"step": step, "epoch": step / self.steps_per_epoch, "split": "valid", "loss": loss,
+                  "perplexity": math.exp(min(loss, 50)), "top1": top1 / max(count, 1), "top5": top5 / max(count, 1),
+                  "total_steps": self.total_steps})
+        if step > 0 and loss < self.best_loss:
+            self.best_loss = loss
+            self.save_best()
+
+    def log(self, record: dict) -> None:
+        if self.is_main:
+            ckpt.append_metrics(self.run_dir, record)
+
+    def card(self) -> str:
+        what = (f"`{self.config.pretrained}` fine-tuned" if self.config.pretrained else "A small BERT pre-trained from scratch")
+        source = self.config.data_dir or ", ".join(self.config.text_files) or "wikitext/wikitext-2-raw-v1 (hub)"
+        lines = ", ".join(f"{k}: {v:,}" for k, v in self.line_counts.items())
+        description = (f"{what} as a masked language model ({parameter_count(self.model):,} parameters, "
+                       f"{sum(p.numel() for p in self.model.parameters() if p.requires_grad):,} trained) on {source} "
+                       f"(non-blank lines: {lines}; {self.config.block_size}-token blocks).")
+        command = "python -m mlm.train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        return ckpt.model_card(Path(self.config.output_dir).name, description, vars(self.config),
+                               ckpt.read_metrics(self.run_dir), command, machine_name(self.device, self.accelerator.num_processes))
+
+    def save_model_files(self, folder: Path) -> None:
+        save_model(self.model, self.tokenizer, folder, base_model=self.config.pretrained)
+        ckpt.write_text_atomic(folder / "README.md", self.card())
+
+    def save_best(self) -> None:
+        if self.is_main:
+            staging = ckpt.staging_folder(self.run_dir)
+            self.save_model_files(staging)
+            ckpt.replace_folder(staging, self.run_dir / ckpt.BEST_DIR)
+
+    def save(self, step: int) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            staging = ckpt.staging_folder(self.run_dir)
+            self.save_model_files(staging)
+            self.config.save(staging / ckpt.CONFIG_FILE)
+            ckpt.save_training_state(staging / ckpt.STATE_DIR, self.optimizer,
+                                     {"step": step, "total_steps": self.total_steps, "finished": step >= self.total_steps})
+            ckpt.publish(staging, self.run_dir)
+        self.accelerator.wait_for_everyone()
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Stopping
+
+    def install_stop_handlers(self) -> None:
+        self.started = time.monotonic()
+
+        def request_stop(signum, _frame):
+            self.stop_reason = signal.Signals(signum).name
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, request_stop)
+
+    def should_stop(self, step: int) -> bool:
+        minutes = self.config.max_minutes
+        if minutes is not None and time.monotonic() - self.started > 60 * minutes:
+            self.stop_reason = self.stop_reason or f"--max-minutes {minutes:g}"
+        if self.accelerator.num_processes == 1:
+            return self.stop_reason is not None
+        if step % self.config.log_every:  # several processes agree on stopping only where they sync anyway
+            return False
+        flag = torch.tensor(float(self.stop_reason is not None), device=self.device)
+        return bool(self.accelerator.reduce(flag, "max").item())
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config, resume_dir = config_from_args(argv)
+        return Trainer(config, resume=resume_dir is not None).fit()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
