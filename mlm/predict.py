@@ -126,6 +126,7 @@ class ModelRegistry:
         return {e.name: e for e in configured + extra}
 
     def names(self) -> list[str]:
+        """The display names of the models offered now."""
         return list(self.entries())
 
     def run_folders(self) -> dict[str, Path]:
@@ -201,7 +202,8 @@ class ModelRegistry:
         except UserError as error:
             return {"model": name, "error": str(error)}
 
-    def fill_mask(self, text: str, top_k, left_model: str, right_model: str) -> dict:
+    def fill_mask(self, text: str, top_k: int, left_model: str, right_model: str) -> dict:
+        """Both models' top-k guesses for every [MASK] of `text`: {"left": answer, "right": answer}."""
         return {"left": self.answer(left_model, text, top_k), "right": self.answer(right_model, text, top_k)}
 
     # ------------------------------------------------------------------------------------------------------------
