@@ -114,7 +114,10 @@ class DemoApp:
         if "error" in answer:
             return card, f"⚠️ {answer['error']}", [], plots.guesses_chart(answer), None
         masked = {mask["index"] for mask in answer["masks"]}
-        tokens = [(token, "[MASK]" if index in masked else None) for index, token in enumerate(answer["tokens"])]
+        tokens = []
+        for index, token in enumerate(answer["tokens"]):
+            kind = "[MASK]" if index in masked else "## piece" if token.startswith("##") else None
+            tokens += [(token, kind), (" ", None)]  # spaces between the spans show where each token ends
         table = [[number, candidate["token"], round(candidate["score"], 4)]
                  for number, mask in enumerate(answer["masks"], start=1) for candidate in mask["candidates"]]
         return card, answer["filled"], tokens, plots.guesses_chart(answer), table
@@ -184,6 +187,11 @@ class DemoApp:
         return gr.update(interactive=training_allowed() and not self.jobs.running())
 
 
+def preset_defaults(preset: str) -> tuple[float, int]:
+    """The learning rate and batch size a preset would use, to start the form from."""
+    return PRESETS[preset]["lr"], PRESETS[preset]["batch_size"]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Layout
 
@@ -204,6 +212,7 @@ def build_demo(app: DemoApp) -> gr.Blocks:
             gr.Markdown(f"Use `[MASK]` (or `[mask]`, `<mask>`), up to {MAX_MASKS} per sentence. Several masks are "
                         "predicted **independently**: each guess ignores what the model guesses for the other masks.",
                         elem_classes="mask-note")
+            gr.Examples(EXAMPLES, inputs=[text, top_k], label="Examples: facts, grammar agreement, WikiText-style, several masks")
             columns = []
             with gr.Row(equal_height=False):
                 for side, default in (("Left", left_default), ("Right", right_default)):
@@ -212,8 +221,9 @@ def build_demo(app: DemoApp) -> gr.Blocks:
                         card = gr.Markdown(app.card(default))
                         filled = gr.Textbox(label="Filled with the top guess", interactive=False,
                                             elem_id=f"{side.lower()}-filled")
-                        tokens = gr.HighlightedText(label="WordPiece tokens (## continues a word)", combine_adjacent=False,
-                                                    show_legend=False, color_map={"[MASK]": "orange"})
+                        tokens = gr.HighlightedText(label="WordPiece tokens (## continues a word)", show_legend=True,
+                                                    show_inline_category=False,
+                                                    color_map={"[MASK]": "orange", "## piece": "lightblue"})
                         chart = gr.Plot(label="Top-k probabilities")
                         table = gr.Dataframe(headers=["mask", "token", "probability"], label="Top-k table",
                                              datatype=["number", "str", "number"], interactive=False,
@@ -221,7 +231,6 @@ def build_demo(app: DemoApp) -> gr.Blocks:
                         picker.change(app.card, picker, card, api_visibility="private")
                         columns.append((picker, [card, filled, tokens, chart, table]))
             (left, left_outputs), (right, right_outputs) = columns
-            gr.Examples(EXAMPLES, inputs=[text, top_k], label="Examples: facts, grammar agreement, WikiText-style, several masks")
             for trigger in (submit.click, text.submit):
                 trigger(app.compare, [text, top_k, left, right], left_outputs + right_outputs,
                         api_visibility="private", concurrency_id="inference")
@@ -244,9 +253,9 @@ def build_demo(app: DemoApp) -> gr.Blocks:
                                      type="filepath", interactive=allowed)
                 with gr.Column():
                     epochs = gr.Number(1, label="Epochs", minimum=0.01, interactive=allowed)
-                    lr = gr.Number(None, label="Learning rate (empty: the preset's)", interactive=allowed)
-                    batch_size = gr.Number(None, label="Batch size (empty: the preset's)", precision=0, minimum=1,
-                                           interactive=allowed)
+                    lr = gr.Number(PRESETS["scratch"]["lr"], label="Learning rate", minimum=0, interactive=allowed)
+                    batch_size = gr.Number(PRESETS["scratch"]["batch_size"], label="Batch size", precision=0,
+                                           minimum=1, interactive=allowed)
                     max_blocks = gr.Number(2000, label="Cap: training blocks of 128 tokens (empty: all)", precision=0,
                                            minimum=1, interactive=allowed)
                     max_minutes = gr.Number(5, label="Cap: minutes (then it stops with a resumable checkpoint)",
@@ -255,6 +264,7 @@ def build_demo(app: DemoApp) -> gr.Blocks:
                 start = gr.Button("Start training", variant="primary", interactive=allowed and not app.jobs.running())
                 stop = gr.Button("Stop", interactive=allowed)
             status = gr.Markdown(app.training_status())
+            preset.change(preset_defaults, preset, [lr, batch_size], api_visibility="private")
             start.click(app.start_training, [preset, source, data_dir, upload, epochs, lr, batch_size, max_blocks,
                                              max_minutes], status, api_visibility="private")
             stop.click(app.stop_training, None, status, api_visibility="private")

