@@ -1,0 +1,114 @@
+"""The Train and Curves tabs through the UI's own handlers: a tiny CPU run is started, watched, stopped, loaded."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from conftest import WIKITEXT_DIR
+from mlm.model import load_model
+from mlm.ui import DemoApp, training_allowed
+
+START_FORM = dict(preset="scratch", source="folder", data_dir=str(WIKITEXT_DIR), upload=None, epochs=1, lr=5e-4,
+                  batch_size=8, max_train_blocks=4000, max_minutes=5)
+
+
+def tick_until(app: DemoApp, selected, last, done, timeout_s: float = 120):
+    """Call the timer handler as the page would, until `done(outputs)` holds; returns the outputs."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        outputs = app.tick(selected, last)
+        if not isinstance(outputs[0], dict):  # a gr.skip() means nothing changed since `last`
+            selected, last = outputs[4]["value"], outputs[-1]
+            if done(outputs):
+                return outputs
+        time.sleep(0.5)
+    raise AssertionError(f"timed out; last status: {app.training_status()}")
+
+
+def trace(figure, name: str):
+    return next(t for t in figure.data if t.name == name)
+
+
+def test_start_watch_stop_and_pick_a_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    (tmp_path / "checkpoints").mkdir()
+    app = DemoApp(tmp_path / "checkpoints")
+    assert app.registry.names() == []
+
+    assert app.start_training(**START_FORM).startswith("Started **scratch-")
+    assert "already going" in app.start_training(**START_FORM)
+    run_dir = app.jobs.run_dir
+
+    def training_with_a_point(outputs):
+        return "running" in outputs[0] and run_dir.name in outputs[4]["value"] and any(
+            t.name == f"{run_dir.name}: train" and len(t.x) for t in outputs[1].data)
+
+    outputs = tick_until(app, [], None, training_with_a_point)
+    assert "| step | epoch | loss | valid loss | tokens/s | elapsed | ETA |" in outputs[0]
+    assert " / 500 |" in outputs[0]  # 4,000 blocks in batches of 8
+    assert outputs[7]["interactive"] is False  # Start is off while a run trains
+    first_points = len(trace(outputs[1], f"{run_dir.name}: train").x)
+    outputs = tick_until(app, outputs[4]["value"], outputs[-1],
+                         lambda o: len(trace(o[1], f"{run_dir.name}: train").x) > first_points)  # the curve grows
+
+    assert "Stopping" in app.stop_training()
+    assert app.jobs.wait(60) == 0
+    outputs = tick_until(app, outputs[4]["value"], outputs[-1], lambda o: "stopped" in o[0])
+    assert "resumable checkpoint" in outputs[0]
+    assert run_dir.name in outputs[5]["choices"] and run_dir.name in outputs[6]["choices"]  # both model pickers
+    assert outputs[7]["interactive"] is True
+    state = json.loads((run_dir / "training_state" / "state.json").read_text())
+    assert 0 < state["step"] < state["total_steps"] and not state["finished"]
+    assert load_model(run_dir).config.num_hidden_layers == 3
+    answer = app.registry.fill_mask("The [MASK] is red.", 3, run_dir.name, run_dir.name)["left"]
+    assert len(answer["masks"][0]["candidates"]) == 3
+    assert app.stop_training() == "No training run is going."
+
+
+def test_a_bad_form_is_told_why(tmp_path, monkeypatch):
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    app = DemoApp(tmp_path / "checkpoints")
+    assert "does not exist" in app.start_training(**{**START_FORM, "data_dir": str(tmp_path / "nowhere")})
+    assert "Upload a plain-text file" in app.start_training(**{**START_FORM, "source": "file"})
+    assert app.jobs.status().state == "idle"
+
+
+def test_a_failed_run_shows_the_trainers_message(tmp_path, monkeypatch):
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    app = DemoApp(tmp_path / "checkpoints")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    assert app.start_training(**{**START_FORM, "source": "file", "upload": str(empty)}).startswith("Started")
+    assert app.jobs.wait(120) == 2
+    status = app.training_status()
+    assert "failed" in status and "Training failed: error:" in status
+
+
+@pytest.mark.parametrize("space_id, allow, allowed", [(None, None, True), ("org/demo", None, False),
+                                                      ("org/demo", "1", True)])
+def test_training_is_off_on_a_space_unless_the_operator_allows_it(monkeypatch, tmp_path, space_id, allow, allowed):
+    for name, value in (("SPACE_ID", space_id), ("MLM_ALLOW_TRAINING", allow)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert training_allowed() is allowed
+    if not allowed:
+        message = DemoApp(tmp_path / "checkpoints").start_training(**START_FORM)
+        assert "MLM_ALLOW_TRAINING=1" in message and not (tmp_path / "checkpoints").exists()
+
+
+def test_curves_overlay_runs_with_reference_lines_and_a_csv(app_project, tmp_path):
+    app = DemoApp(app_project / "checkpoints")
+    names = app.run_names()
+    assert names[:2] == ["BERT from scratch (WikiText-2)", "MiniLM + LoRA (WikiText-2)"]
+    loss, perplexity, csv_path = app.curves(names[:2])
+    assert {t.name for t in loss.data} == {f"{n}: {s}" for n in names[:2] for s in ("train", "validation")}
+    assert sorted(round(shape.y0, 2) for shape in loss.layout.shapes) == [6.48, 10.33]
+    assert len(perplexity.data) == 2
+    lines = open(csv_path).read().splitlines()
+    assert lines[0].startswith("run,step,epoch,split,loss,perplexity")
+    assert len(lines) > 4 and all(line.split(",")[0] in names for line in lines[1:])
