@@ -30,10 +30,10 @@ def guesses_chart(answer: dict) -> go.Figure:
         candidates = mask["candidates"][::-1]
         figure.add_trace(go.Bar(
             x=[c["score"] for c in candidates], y=[html.escape(c["token"]) for c in candidates], orientation="h",
-            text=[f"{c['score']:.1%}" for c in candidates], textposition="auto", marker_color="#4f7cac",
+            text=[f"{100 * c['score']:.2g}%" for c in candidates], textposition="auto", marker_color="#4f7cac",
             hovertemplate="%{y}: %{x:.4f}<extra></extra>", showlegend=False,
         ), row=row, col=1)
-        figure.update_xaxes(rangemode="tozero", tickformat=".0%", row=row, col=1)
+        figure.update_xaxes(rangemode="tozero", tickformat=".2~%", row=row, col=1)
     rows_height = sum(24 * len(m["candidates"]) + 40 for m in masks)
     figure.update_layout(height=max(180, rows_height), margin=dict(l=10, r=10, t=30, b=10), bargap=0.15)
     return figure

@@ -212,7 +212,6 @@ def build_demo(app: DemoApp) -> gr.Blocks:
             gr.Markdown(f"Use `[MASK]` (or `[mask]`, `<mask>`), up to {MAX_MASKS} per sentence. Several masks are "
                         "predicted **independently**: each guess ignores what the model guesses for the other masks.",
                         elem_classes="mask-note")
-            gr.Examples(EXAMPLES, inputs=[text, top_k], label="Examples: facts, grammar agreement, WikiText-style, several masks")
             columns = []
             with gr.Row(equal_height=False):
                 for side, default in (("Left", left_default), ("Right", right_default)):
@@ -224,13 +223,14 @@ def build_demo(app: DemoApp) -> gr.Blocks:
                         tokens = gr.HighlightedText(label="WordPiece tokens (## continues a word)", show_legend=True,
                                                     show_inline_category=False,
                                                     color_map={"[MASK]": "orange", "## piece": "lightblue"})
-                        chart = gr.Plot(label="Top-k probabilities")
+                        chart = gr.Plot(label="Top-k probabilities", elem_id=f"{side.lower()}-chart")
                         table = gr.Dataframe(headers=["mask", "token", "probability"], label="Top-k table",
                                              datatype=["number", "str", "number"], interactive=False,
                                              elem_id=f"{side.lower()}-table")
                         picker.change(app.card, picker, card, api_visibility="private")
                         columns.append((picker, [card, filled, tokens, chart, table]))
             (left, left_outputs), (right, right_outputs) = columns
+            gr.Examples(EXAMPLES, inputs=[text, top_k], label="Examples: facts, grammar agreement, WikiText-style, several masks")
             for trigger in (submit.click, text.submit):
                 trigger(app.compare, [text, top_k, left, right], left_outputs + right_outputs,
                         api_visibility="private", concurrency_id="inference")

@@ -1,0 +1,41 @@
+"""A student in headless Chromium (Debian's `chromium`, driven by Playwright): type, submit, read both columns."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+CHROMIUM = os.environ.get("MLM_CHROMIUM", "/usr/bin/chromium")
+# Without the background-networking flags Chromium keeps calling home, which floods a closed network.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOTS = Path(os.environ.get("MLM_SCREENSHOT_DIR", "/tmp"))
+
+
+@pytest.fixture(scope="module")
+def page(app_server):
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(app_server)
+        yield page
+        browser.close()
+
+
+def test_a_student_compares_both_models(page):
+    sentence = page.get_by_label("Sentence")
+    sentence.click()
+    sentence.press_sequentially("<b>Paris</b> is the [mask] of France.", delay=10)
+    page.get_by_role("button", name="Predict").click()
+    for side in ("left", "right"):
+        filled = page.locator(f"#{side}-filled textarea")
+        expect(filled).not_to_have_value("", timeout=30_000)
+        assert filled.input_value().startswith("<b>Paris</b> is the ")
+        assert filled.input_value().endswith(" of France.")
+        expect(page.locator(f"#{side}-table [role=grid]")).to_have_attribute("aria-rowcount", "6")  # heading + top-5
+        expect(page.locator(f"#{side}-chart .js-plotly-plot")).to_be_visible()
+    assert page.locator("b", has_text="Paris").count() == 0  # the markup was shown as text, not rendered
+    page.screenshot(path=str(SCREENSHOTS / "compare.png"), full_page=True)
