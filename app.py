@@ -1,4 +1,5 @@
-"""The classroom demo: `python app.py` serves it on GRADIO_SERVER_NAME:GRADIO_SERVER_PORT (default 127.0.0.1:7860).
+"""The classroom demo: `python app.py` serves it on GRADIO_SERVER_NAME:GRADIO_SERVER_PORT (Gradio's defaults,
+127.0.0.1 and the first free port from 7860, when they are unset; a Hugging Face Space sets both).
 
 MLM_CHECKPOINTS_DIR points it at another checkpoints folder (default: checkpoints/ beside this file).
 
@@ -7,7 +8,7 @@ its own lower-priority process, so the page stays responsive while a run trains.
 """
 
 import os
-
+import threading
 from pathlib import Path
 
 from mlm.ui import CSS, DemoApp, build_demo
@@ -16,15 +17,14 @@ INFERENCE_CONCURRENCY = 1
 
 
 def main() -> None:
-    checkpoints = os.environ.get("MLM_CHECKPOINTS_DIR", Path(__file__).resolve().parent / "checkpoints")
-    demo = build_demo(DemoApp(checkpoints))
+    app = DemoApp(os.environ.get("MLM_CHECKPOINTS_DIR", Path(__file__).resolve().parent / "checkpoints"))
+    demo = build_demo(app)
+    # Load the default models while the server starts, so the first student does not wait for them.
+    threading.Thread(target=app.warm_up, daemon=True).start()
     demo.queue(default_concurrency_limit=INFERENCE_CONCURRENCY)
-    demo.launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-        css=CSS,
-        footer_links=["api"],
-    )
+    port = os.environ.get("GRADIO_SERVER_PORT")
+    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME"), server_port=int(port) if port else None,
+                css=CSS, footer_links=["api"])
 
 
 if __name__ == "__main__":

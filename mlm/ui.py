@@ -19,7 +19,7 @@ from mlm import plots
 from mlm.checkpoint import read_metrics
 from mlm.config import PRESETS
 from mlm.hub import UserError, hub_reachable
-from mlm.predict import MAX_MASKS, MAX_TOP_K, ModelRegistry
+from mlm.predict import MASK, MAX_MASKS, MAX_TOP_K, ModelRegistry
 from mlm.runs import PROJECT_DIR, RunStatus, TrainingJobs, TrainRequest
 
 TICK_SECONDS = 2.0
@@ -95,6 +95,11 @@ class DemoApp:
         """The shipped from-scratch and fine-tuned models: the first two entries of models.json that exist."""
         names = self.registry.names()
         return (names[0] if names else None), (names[1] if len(names) > 1 else names[0] if names else None)
+
+    def warm_up(self) -> None:
+        """Load the default models before the first student asks (a broken one just shows its error later)."""
+        for name in dict.fromkeys(filter(None, self.default_models())):
+            self.registry.answer(name, MASK, 1)
 
     def card(self, name: str | None) -> str:
         if not name:

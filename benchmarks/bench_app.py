@@ -1,0 +1,147 @@
+"""App speed on this machine: start to first answer, and fill_mask latency in process and over HTTP.
+
+    HF_HUB_OFFLINE=1 python benchmarks/bench_app.py            # the shipped checkpoints in checkpoints/
+    HF_HUB_OFFLINE=1 python benchmarks/bench_app.py --checkpoints-dir DIR --output-stem /tmp/bench
+
+Measures the two default models of the Compare tab (the first two the registry offers), one [MASK], top-5:
+  * start: `python app.py` launched until its fill_mask endpoint first answers through gradio_client;
+  * in process: ModelRegistry.fill_mask for both models together, after a warm-up;
+  * over HTTP: gradio_client's Client.predict("/fill_mask") against that running app (queue, SSE and JSON included).
+Writes <output-stem>.json and <output-stem>.md (default benchmarks/app_results.*), naming the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+SENTENCE = "The capital of France is [MASK]."
+TOP_K = 5
+TARGETS = {"start_s": 20, "in_process_p50_ms": 40, "http_p50_ms": 150}
+
+
+def machine() -> str:
+    import torch
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor() or platform.machine())
+    amx = " with AMX" if "amx_tile" in Path("/proc/cpuinfo").read_text() else ""
+    return f"{os.cpu_count()}-core CPU, {model}{amx}; torch {torch.__version__} with {torch.get_num_threads()} threads"
+
+
+def percentiles(seconds: list[float]) -> dict:
+    milliseconds = sorted(1000 * s for s in seconds)
+    return {"p50_ms": round(statistics.median(milliseconds), 2),
+            "p95_ms": round(milliseconds[int(0.95 * (len(milliseconds) - 1))], 2), "runs": len(milliseconds)}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_app(checkpoints_dir: Path, left: str, right: str):
+    """(server process, connected client, seconds from launch to the first fill_mask answer)."""
+    from gradio_client import Client
+
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_SERVER_PORT": str(port),
+           "MLM_CHECKPOINTS_DIR": str(checkpoints_dir), "GRADIO_ANALYTICS_ENABLED": "False"}
+    started = time.perf_counter()
+    server = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    while True:
+        try:
+            client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+            break
+        except Exception:  # noqa: BLE001 - not listening yet
+            if server.poll() is not None or time.perf_counter() - started > 120:
+                raise SystemExit("the app did not start")
+            time.sleep(0.1)
+    answer = client.predict(SENTENCE, TOP_K, left, right, api_name="/fill_mask")
+    first_answer_s = time.perf_counter() - started
+    if any("error" in answer[side] for side in ("left", "right")):
+        raise SystemExit(f"a model failed: {answer}")
+    return server, client, first_answer_s
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoints-dir", type=Path, default=REPO / "checkpoints")
+    parser.add_argument("--runs", type=int, default=200, help="timed calls per measurement")
+    parser.add_argument("--output-stem", type=Path, default=REPO / "benchmarks" / "app_results")
+    args = parser.parse_args()
+    os.environ["HF_HUB_OFFLINE"] = "1"
+
+    from mlm.predict import ModelRegistry
+
+    registry = ModelRegistry(args.checkpoints_dir)
+    names = registry.names()
+    if len(names) < 2:
+        raise SystemExit(f"need two models in {args.checkpoints_dir}, found {names}")
+    left, right = names[:2]
+
+    server, client, first_answer_s = start_app(args.checkpoints_dir, left, right)
+    try:
+        for _ in range(10):
+            client.predict(SENTENCE, TOP_K, left, right, api_name="/fill_mask")
+        http = []
+        for _ in range(args.runs):
+            began = time.perf_counter()
+            client.predict(SENTENCE, TOP_K, left, right, api_name="/fill_mask")
+            http.append(time.perf_counter() - began)
+    finally:
+        server.terminate()
+        server.wait(30)
+
+    for _ in range(10):
+        registry.fill_mask(SENTENCE, TOP_K, left, right)
+    in_process = []
+    for _ in range(args.runs):
+        began = time.perf_counter()
+        registry.fill_mask(SENTENCE, TOP_K, left, right)
+        in_process.append(time.perf_counter() - began)
+
+    results = {
+        "machine": machine(), "date": time.strftime("%Y-%m-%d"), "models": [left, right],
+        "checkpoints": {name: registry.entry(name).location for name in (left, right)},
+        "request": {"text": SENTENCE, "top_k": TOP_K, "models_per_call": 2},
+        "start_to_first_answer_s": round(first_answer_s, 2),
+        "in_process_both_models": percentiles(in_process), "http_gradio_client_both_models": percentiles(http),
+        "targets": TARGETS,
+    }
+    args.output_stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    args.output_stem.with_suffix(".md").write_text(report(results))
+    print(report(results))
+    return 0
+
+
+def report(results: dict) -> str:
+    local, http = results["in_process_both_models"], results["http_gradio_client_both_models"]
+    return f"""# App benchmark
+
+Machine: {results['machine']} ({results['date']}). Models: {' and '.join(f'`{m}`' for m in results['models'])},
+one `[MASK]`, top-{results['request']['top_k']}, both models per call. Command: `HF_HUB_OFFLINE=1 python benchmarks/bench_app.py`.
+
+| measurement | result | target |
+| --- | --- | --- |
+| `python app.py` start to first fill_mask answer | {results['start_to_first_answer_s']} s | ≤ {TARGETS['start_s']} s |
+| fill_mask in process, p50 / p95 ({local['runs']} calls) | {local['p50_ms']} / {local['p95_ms']} ms | p50 ≤ {TARGETS['in_process_p50_ms']} ms |
+| fill_mask over HTTP (gradio_client), p50 / p95 ({http['runs']} calls) | {http['p50_ms']} / {http['p95_ms']} ms | p50 ≤ {TARGETS['http_p50_ms']} ms |
+"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
