@@ -175,12 +175,15 @@ def run_status(run_dir: Path, exit_code: int | None, stop_requested: bool = Fals
     status = RunStatus(run_dir, state, message)
     if valid:
         status.valid_loss = valid[-1]["loss"]
-        status.total_steps = valid[-1]["total_steps"]
+    if records:
+        status.total_steps = records[-1]["total_steps"]
+    if records:  # a stopped run's last record is the validation at the step where it stopped
+        latest = max(records, key=lambda r: r["step"])
+        status.step, status.epoch = latest["step"], latest["epoch"]
     if train:
         last = train[-1]
-        status.step, status.total_steps, status.epoch = last["step"], last["total_steps"], last["epoch"]
         status.loss, status.tokens_per_s, status.elapsed_s = last["loss"], last["tokens_per_s"], last["elapsed_s"]
-        if exit_code is None and last["step"]:
+        if exit_code is None and not stop_requested and last["step"]:
             status.eta_s = last["elapsed_s"] / last["step"] * (last["total_steps"] - last["step"])
     return status
 

@@ -209,8 +209,7 @@ def build_demo(app: DemoApp) -> gr.Blocks:
                     "what two BERT models guess.")
         with gr.Tab("Compare"):
             with gr.Row():
-                text = gr.Textbox(label="Sentence", lines=2, scale=4, max_length=5000,
-                                  placeholder="The capital of France is [MASK].")
+                text = gr.Textbox(EXAMPLES[0][0], label="Sentence", lines=2, scale=4, max_length=5000)
                 with gr.Column(scale=1, min_width=160):
                     top_k = gr.Slider(1, MAX_TOP_K, value=5, step=1, label="Top-k guesses")
                     submit = gr.Button("Predict", variant="primary")
@@ -236,7 +235,8 @@ def build_demo(app: DemoApp) -> gr.Blocks:
                         columns.append((picker, [card, filled, tokens, chart, table]))
             (left, left_outputs), (right, right_outputs) = columns
             gr.Examples(EXAMPLES, inputs=[text, top_k], label="Examples: facts, grammar agreement, WikiText-style, several masks")
-            for trigger in (submit.click, text.submit):
+            # The page opens with the first example answered, so students see what to expect.
+            for trigger in (submit.click, text.submit, demo.load):
                 trigger(app.compare, [text, top_k, left, right], left_outputs + right_outputs,
                         api_visibility="private", concurrency_id="inference")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -26,16 +27,32 @@ def page(app_server):
 
 
 def test_a_student_compares_both_models(page):
+    for side in ("left", "right"):  # the page opens with the first example answered
+        expect(page.locator(f"#{side}-filled textarea")).to_have_value(re.compile(r"^The capital of France is "),
+                                                                       timeout=30_000)
     sentence = page.get_by_label("Sentence")
-    sentence.click()
+    sentence.fill("")
     sentence.press_sequentially("<b>Paris</b> is the [mask] of France.", delay=10)
     page.get_by_role("button", name="Predict").click()
     for side in ("left", "right"):
-        filled = page.locator(f"#{side}-filled textarea")
-        expect(filled).not_to_have_value("", timeout=30_000)
-        assert filled.input_value().startswith("<b>Paris</b> is the ")
-        assert filled.input_value().endswith(" of France.")
+        expect(page.locator(f"#{side}-filled textarea")).to_have_value(re.compile(r"^<b>Paris</b> is the .+ of France\.$"),
+                                                                       timeout=30_000)
         expect(page.locator(f"#{side}-table [role=grid]")).to_have_attribute("aria-rowcount", "6")  # heading + top-5
         expect(page.locator(f"#{side}-chart .js-plotly-plot")).to_be_visible()
     assert page.locator("b", has_text="Paris").count() == 0  # the markup was shown as text, not rendered
     page.screenshot(path=str(SCREENSHOTS / "compare.png"), full_page=True)
+
+
+def test_bad_input_shows_a_message_and_the_other_column_still_answers(page):
+    page.locator("#right-model input").fill("broken-run")
+    page.locator("#right-model input").press("Enter")
+    sentence = page.get_by_label("Sentence")
+    sentence.fill("Where is the [MASK]?")
+    page.get_by_role("button", name="Predict").click()
+    expect(page.locator("#right-filled textarea")).to_have_value(re.compile(r"^⚠️ cannot load the checkpoint"),
+                                                                  timeout=30_000)
+    expect(page.locator("#left-filled textarea")).to_have_value(re.compile(r"^Where is the .+\?$"))
+    sentence.fill("No mask at all.")
+    page.get_by_role("button", name="Predict").click()
+    expect(page.locator("#left-filled textarea")).to_have_value(re.compile(r"^⚠️ Your sentence has no \[MASK\]"),
+                                                                 timeout=30_000)
