@@ -6,7 +6,9 @@
 Measures the two default models of the Compare tab (the first two the registry offers), one [MASK], top-5:
   * start: `python app.py` launched until its fill_mask endpoint first answers through gradio_client;
   * in process: ModelRegistry.fill_mask for both models together, after a warm-up;
-  * over HTTP: gradio_client's Client.predict("/fill_mask") against that running app (queue, SSE and JSON included).
+  * over HTTP: gradio_client's Client.predict("/fill_mask") against that running app (queue, SSE and JSON included);
+  * over HTTP while a training job runs (started as the Train tab does, through mlm.runs), when a local WikiText
+    folder is there: shows whether inference stays responsive with both cores busy training.
 Writes <output-stem>.json and <output-stem>.md (default benchmarks/app_results.*), naming the machine.
 """
 
@@ -20,6 +22,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -77,16 +80,47 @@ def start_app(checkpoints_dir: Path, left: str, right: str):
     return server, client, first_answer_s
 
 
+def timed_calls(client, runs: int, left: str, right: str) -> list[float]:
+    seconds = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        client.predict(SENTENCE, TOP_K, left, right, api_name="/fill_mask")
+        seconds.append(time.perf_counter() - began)
+    return seconds
+
+
+def calls_while_training(client, runs: int, left: str, right: str, data_dir: Path) -> list[float]:
+    """fill_mask over HTTP while a CPU training job (as the Train tab starts it) trains in another process."""
+    from mlm.checkpoint import read_metrics
+    from mlm.runs import TrainingJobs, TrainRequest
+
+    with tempfile.TemporaryDirectory() as scratch:
+        jobs = TrainingJobs(scratch)
+        run_dir = jobs.start(TrainRequest(data_dir=str(data_dir), max_train_blocks=20000, epochs=1))
+        try:
+            while not any(r.get("split") == "train" for r in read_metrics(run_dir)):  # past loading, training
+                if not jobs.running():
+                    raise SystemExit(f"the training job failed: see {run_dir}")
+                time.sleep(0.5)
+            return timed_calls(client, runs, left, right)
+        finally:
+            jobs.stop()
+            jobs.wait(120)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoints-dir", type=Path, default=REPO / "checkpoints")
     parser.add_argument("--runs", type=int, default=200, help="timed calls per measurement")
     parser.add_argument("--output-stem", type=Path, default=REPO / "benchmarks" / "app_results")
+    parser.add_argument("--train-data-dir", type=Path, default=REPO.parent / "shared" / "data" / "wikitext-2-v1",
+                        help="WikiText folder for the while-training measurement (skipped if missing)")
     args = parser.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
 
     from mlm.predict import ModelRegistry
 
+    load_at_start = os.getloadavg()[0]  # anything else busy on the cores shows up in every number below
     registry = ModelRegistry(args.checkpoints_dir)
     names = registry.names()
     if len(names) < 2:
@@ -95,13 +129,10 @@ def main() -> int:
 
     server, client, first_answer_s = start_app(args.checkpoints_dir, left, right)
     try:
-        for _ in range(10):
-            client.predict(SENTENCE, TOP_K, left, right, api_name="/fill_mask")
-        http = []
-        for _ in range(args.runs):
-            began = time.perf_counter()
-            client.predict(SENTENCE, TOP_K, left, right, api_name="/fill_mask")
-            http.append(time.perf_counter() - began)
+        timed_calls(client, 10, left, right)  # warm-up
+        http = timed_calls(client, args.runs, left, right)
+        training = (calls_while_training(client, args.runs, left, right, args.train_data_dir)
+                    if args.train_data_dir.is_dir() else None)
     finally:
         server.terminate()
         server.wait(30)
@@ -115,11 +146,13 @@ def main() -> int:
         in_process.append(time.perf_counter() - began)
 
     results = {
-        "machine": machine(), "date": time.strftime("%Y-%m-%d"), "models": [left, right],
+        "machine": machine(), "date": time.strftime("%Y-%m-%d"), "load_average_at_start": load_at_start,
+        "models": [left, right],
         "checkpoints": {name: registry.entry(name).location for name in (left, right)},
         "request": {"text": SENTENCE, "top_k": TOP_K, "models_per_call": 2},
         "start_to_first_answer_s": round(first_answer_s, 2),
         "in_process_both_models": percentiles(in_process), "http_gradio_client_both_models": percentiles(http),
+        "http_while_training": percentiles(training) if training else None,
         "targets": TARGETS,
     }
     args.output_stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
@@ -132,7 +165,7 @@ def report(results: dict) -> str:
     local, http = results["in_process_both_models"], results["http_gradio_client_both_models"]
     return f"""# App benchmark
 
-Machine: {results['machine']} ({results['date']}). Models: {' and '.join(f'`{m}`' for m in results['models'])},
+Machine: {results['machine']} ({results['date']}; 1-minute load average {results['load_average_at_start']:.2f} at the start). Models: {' and '.join(f'`{m}`' for m in results['models'])},
 one `[MASK]`, top-{results['request']['top_k']}, both models per call. Command: `HF_HUB_OFFLINE=1 python benchmarks/bench_app.py`.
 
 | measurement | result | target |
@@ -140,7 +173,8 @@ one `[MASK]`, top-{results['request']['top_k']}, both models per call. Command: 
 | `python app.py` start to first fill_mask answer | {results['start_to_first_answer_s']} s | ≤ {TARGETS['start_s']} s |
 | fill_mask in process, p50 / p95 ({local['runs']} calls) | {local['p50_ms']} / {local['p95_ms']} ms | p50 ≤ {TARGETS['in_process_p50_ms']} ms |
 | fill_mask over HTTP (gradio_client), p50 / p95 ({http['runs']} calls) | {http['p50_ms']} / {http['p95_ms']} ms | p50 ≤ {TARGETS['http_p50_ms']} ms |
-"""
+""" + (f"""| the same while a CPU training job runs (niced, its own process), p50 / p95 | {training['p50_ms']} / {training['p95_ms']} ms | – |
+""" if (training := results["http_while_training"]) else "")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import html
 import math
+import os
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -64,10 +65,13 @@ def curves(runs: dict[str, list[dict]]) -> tuple[go.Figure, go.Figure]:
 
 
 def write_metrics_csv(runs: dict[str, list[dict]], path: Path) -> Path:
-    with open(path, "w", newline="") as handle:
+    """Written beside and then moved into place, so a download in progress never reads half a file."""
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for name, records in runs.items():
             for record in records:
                 writer.writerow({"run": name, **record})
+    os.replace(partial, path)
     return path

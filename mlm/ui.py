@@ -8,6 +8,7 @@ Markdown gets nothing from the user that is not HTML-escaped first.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import os
 import tempfile
@@ -163,7 +164,9 @@ class DemoApp:
         folders = self.registry.run_folders()
         runs = {name: read_metrics(folders[name]) for name in selected or [] if name in folders}
         loss, perplexity = plots.curves(runs)
-        return loss, perplexity, str(plots.write_metrics_csv(runs, self.csv_dir / "metrics.csv"))
+        # One file per selection: pages showing other runs never overwrite each other's download.
+        selection = hashlib.sha1("\n".join(runs).encode()).hexdigest()[:12]
+        return loss, perplexity, str(plots.write_metrics_csv(runs, self.csv_dir / f"metrics-{selection}.csv"))
 
     # ------------------------------------------------------------------------------------------------------------
     # The timer: everything that changes while a run trains
