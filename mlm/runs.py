@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlm.checkpoint import read_metrics
-from mlm.config import PRESETS
+from mlm.config import PRESETS, config_from_args
 from mlm.hub import UserError
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent  # where `python -m mlm.train` finds the package
@@ -35,8 +35,8 @@ class TrainRequest:
     data_source: str = "folder"  # hub | folder | file
     data_dir: str = ""
     text_file: str = ""
-    epochs: float = 1.0
-    lr: float | None = None  # None keeps the preset's
+    epochs: float | None = 1.0  # None keeps the preset's, like every optional field below
+    lr: float | None = None
     batch_size: int | None = None
     max_train_blocks: int | None = None
     max_minutes: float | None = None
@@ -45,8 +45,7 @@ class TrainRequest:
     def arguments(self, output_dir: Path) -> list[str]:
         if self.preset not in PRESETS:
             raise UserError(f"Unknown preset '{self.preset}'; choose one of {', '.join(PRESETS)}.")
-        arguments = ["--preset", self.preset, "--output-dir", str(output_dir), "--epochs", f"{self.epochs:g}",
-                     "--log-every", str(self.log_every)]
+        arguments = ["--preset", self.preset, "--output-dir", str(output_dir), "--log-every", str(self.log_every)]
         if self.data_source == "folder":
             if not self.data_dir or not Path(self.data_dir).is_dir():
                 raise UserError(f"The data folder '{self.data_dir}' does not exist.")
@@ -57,7 +56,7 @@ class TrainRequest:
             arguments += ["--text-file", self.text_file]
         elif self.data_source != "hub":
             raise UserError(f"Unknown data source '{self.data_source}'; choose one of {', '.join(DATA_SOURCES)}.")
-        optional = {"--lr": self.lr, "--batch-size": self.batch_size, "--max-train-blocks": self.max_train_blocks,
+        optional = {"--epochs": self.epochs, "--lr": self.lr, "--batch-size": self.batch_size, "--max-train-blocks": self.max_train_blocks,
                     "--max-minutes": self.max_minutes}
         for flag, value in optional.items():
             if value is not None:
@@ -122,7 +121,9 @@ class TrainingJobs:
                 raise UserError(f"A training run is already going ({self.run_dir.name}): stop it or wait until it "
                                 f"finishes. One run at a time keeps the machine responsive.")
             run_dir = self.new_run_dir(request.preset)
-            command = launcher() + ["mlm.train"] + request.arguments(run_dir.resolve())
+            arguments = request.arguments(run_dir.resolve())
+            config_from_args(arguments)  # the trainer's own checks, answered now rather than from a failed process
+            command = launcher() + ["mlm.train"] + arguments
             run_dir.mkdir(parents=True)
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_DIR), os.environ.get("PYTHONPATH")]))}
             with open(run_dir / LOG_FILE, "w") as log:

@@ -54,6 +54,16 @@ def number(value, pattern: str = "{:,.3f}") -> str:
     return "–" if value is None else pattern.format(value)
 
 
+def optional(value, kind):
+    """A form field as `kind`, or None where it was left empty (the preset's value applies)."""
+    if value is None or value == "":
+        return None
+    try:
+        return kind(value)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"'{value}' is not a number") from error
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "–"
@@ -67,6 +77,20 @@ def card_markdown(card: dict) -> str:
                if card["valid_loss"] is not None else "no validation metrics")
     return (f"**{escape(card['name'])}** — {escape(card['description'])}  \n"
             f"{parameters} · trained on {escape(card['training_data'])} · {quality}")
+
+
+def column(answer: dict) -> tuple:
+    """One model's answer as the Compare tab shows it: (filled sentence, tokens, chart, table)."""
+    if "error" in answer:
+        return f"⚠️ {answer['error']}", [], plots.guesses_chart(answer), None
+    masked = {mask["index"] for mask in answer["masks"]}
+    tokens = []
+    for index, token in enumerate(answer["tokens"]):
+        kind = "[MASK]" if index in masked else "## piece" if token.startswith("##") else None
+        tokens += [(token, kind), (" ", None)]  # spaces between the spans show where each token ends
+    table = [[mask_number, candidate["token"], float(f"{candidate['score']:.4g}")]
+             for mask_number, mask in enumerate(answer["masks"], start=1) for candidate in mask["candidates"]]
+    return answer["filled"], tokens, plots.guesses_chart(answer), table
 
 
 def status_markdown(status: RunStatus) -> str:
@@ -111,22 +135,9 @@ class DemoApp:
             return f"⚠️ {escape(error)}"
 
     def compare(self, text: str, top_k, left: str | None, right: str | None) -> list:
-        """Outputs of both columns: (card, filled sentence, tokens, chart, table) for the left, then the right."""
+        """Outputs of both columns: (filled sentence, tokens, chart, table) for the left, then the right."""
         answers = self.registry.fill_mask(text, top_k, left or "", right or "")
-        return [*self.column(answers["left"]), *self.column(answers["right"])]
-
-    def column(self, answer: dict) -> tuple:
-        card = self.card(answer["model"] or None)
-        if "error" in answer:
-            return card, f"⚠️ {answer['error']}", [], plots.guesses_chart(answer), None
-        masked = {mask["index"] for mask in answer["masks"]}
-        tokens = []
-        for index, token in enumerate(answer["tokens"]):
-            kind = "[MASK]" if index in masked else "## piece" if token.startswith("##") else None
-            tokens += [(token, kind), (" ", None)]  # spaces between the spans show where each token ends
-        table = [[number, candidate["token"], round(candidate["score"], 4)]
-                 for number, mask in enumerate(answer["masks"], start=1) for candidate in mask["candidates"]]
-        return card, answer["filled"], tokens, plots.guesses_chart(answer), table
+        return [*column(answers["left"]), *column(answers["right"])]
 
     # ------------------------------------------------------------------------------------------------------------
     # Train
@@ -135,13 +146,12 @@ class DemoApp:
                        max_train_blocks, max_minutes) -> str:
         if not training_allowed():
             return "Training is off on this public Space. The operator can enable it with `MLM_ALLOW_TRAINING=1`."
-        request = TrainRequest(
-            preset=preset, data_source=source, data_dir=(data_dir or "").strip(), text_file=upload or "",
-            epochs=float(epochs or 1), lr=float(lr) if lr else None, batch_size=int(batch_size) if batch_size else None,
-            max_train_blocks=int(max_train_blocks) if max_train_blocks else None,
-            max_minutes=float(max_minutes) if max_minutes else None,
-        )
         try:
+            request = TrainRequest(
+                preset=preset, data_source=source, data_dir=(data_dir or "").strip(), text_file=upload or "",
+                epochs=optional(epochs, float), lr=optional(lr, float), batch_size=optional(batch_size, int),
+                max_train_blocks=optional(max_train_blocks, int), max_minutes=optional(max_minutes, float),
+            )
             run_dir = self.jobs.start(request)
         except UserError as error:
             return f"⚠️ {escape(error)}"
@@ -235,7 +245,7 @@ def build_demo(app: DemoApp) -> gr.Blocks:
                                              datatype=["number", "str", "number"], interactive=False,
                                              elem_id=f"{side.lower()}-table")
                         picker.change(app.card, picker, card, api_visibility="private")
-                        columns.append((picker, [card, filled, tokens, chart, table]))
+                        columns.append((picker, [filled, tokens, chart, table]))
             (left, left_outputs), (right, right_outputs) = columns
             gr.Examples(EXAMPLES, inputs=[text, top_k], label="Examples: facts, grammar agreement, WikiText-style, several masks")
             # The page opens with the first example answered, so students see what to expect.

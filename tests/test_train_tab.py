@@ -77,6 +77,9 @@ def test_a_bad_form_is_told_why(tmp_path, monkeypatch):
     app = DemoApp(tmp_path / "checkpoints")
     assert "does not exist" in app.start_training(**{**START_FORM, "data_dir": str(tmp_path / "nowhere")})
     assert "Upload a plain-text file" in app.start_training(**{**START_FORM, "source": "file"})
+    assert "--epochs must be positive" in app.start_training(**{**START_FORM, "epochs": 0})
+    assert "--lr must be positive" in app.start_training(**{**START_FORM, "lr": -1})
+    assert "not a number" in app.start_training(**{**START_FORM, "max_minutes": "soon"})
     assert app.jobs.status().state == "idle"
 
 
@@ -131,7 +134,7 @@ def test_the_form_becomes_the_training_commands_flags(tmp_path):
     request = TrainRequest(preset="finetune", data_source="file", text_file=str(corpus), epochs=2.0, lr=3e-5,
                            batch_size=16, max_train_blocks=100, max_minutes=1.5)
     assert request.arguments(tmp_path / "run") == [
-        "--preset", "finetune", "--output-dir", str(tmp_path / "run"), "--epochs", "2", "--log-every", "10",
-        "--text-file", str(corpus), "--lr", "3e-05", "--batch-size", "16", "--max-train-blocks", "100",
+        "--preset", "finetune", "--output-dir", str(tmp_path / "run"), "--log-every", "10", "--text-file",
+        str(corpus), "--epochs", "2", "--lr", "3e-05", "--batch-size", "16", "--max-train-blocks", "100",
         "--max-minutes", "1.5"]
     assert "--data-dir" not in TrainRequest(data_source="hub").arguments(tmp_path / "run")
