@@ -201,6 +201,8 @@ class ModelRegistry:
             return self.predict(name, check_text(text, top_k), top_k)
         except UserError as error:
             return {"model": name, "error": str(error)}
+        except Exception as error:  # noqa: BLE001 - a model that fails in any other way errors only its own column
+            return {"model": name, "error": f"The model '{name}' failed: {type(error).__name__}: {error}"}
 
     def fill_mask(self, text: str, top_k: int, left_model: str, right_model: str) -> dict:
         """Both models' top-k guesses for every [MASK] of `text`: {"left": answer, "right": answer}."""

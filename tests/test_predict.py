@@ -104,6 +104,20 @@ def test_unknown_and_broken_models_fail_only_their_own_column(registry):
     assert answers["right"]["error"].startswith("cannot load the checkpoint")
 
 
+def test_a_model_that_is_not_a_bert_errors_only_its_column(app_project, tmp_path):
+    from transformers import DistilBertConfig, DistilBertForMaskedLM
+
+    checkpoints = tmp_path / "checkpoints"
+    shutil.copytree(app_project / "checkpoints" / "scratch-wikitext2", checkpoints / "bert")
+    config = DistilBertConfig(dim=32, hidden_dim=64, n_layers=1, n_heads=2)
+    DistilBertForMaskedLM(config).save_pretrained(checkpoints / "distilbert")
+    for tokenizer_file in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(checkpoints / "bert" / tokenizer_file, checkpoints / "distilbert" / tokenizer_file)
+    answers = ModelRegistry(checkpoints).fill_mask("A [MASK].", 3, "distilbert", "bert")
+    assert answers["left"]["error"].startswith("The model 'distilbert' failed: AttributeError")
+    assert len(answers["right"]["masks"][0]["candidates"]) == 3
+
+
 def test_missing_shipped_folders_and_a_broken_registry_file_do_not_break_the_registry(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "models.json").write_text(json.dumps(

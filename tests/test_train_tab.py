@@ -7,13 +7,14 @@ import time
 
 import sys
 
+import gradio as gr
 import pytest
 import torch
 
 from conftest import WIKITEXT_DIR
 from mlm.model import load_model
 from mlm.runs import TrainRequest, launcher
-from mlm.ui import DemoApp, training_allowed
+from mlm.ui import DemoApp, build_demo, training_allowed
 
 START_FORM = dict(preset="scratch", source="folder", data_dir=str(WIKITEXT_DIR), upload=None, epochs=1, lr=5e-4,
                   batch_size=8, max_train_blocks=4000, max_minutes=5)
@@ -106,6 +107,16 @@ def test_training_is_off_on_a_space_unless_the_operator_allows_it(monkeypatch, t
     if not allowed:
         message = DemoApp(tmp_path / "checkpoints").start_training(**START_FORM)
         assert "MLM_ALLOW_TRAINING=1" in message and not (tmp_path / "checkpoints").exists()
+
+
+def test_on_a_space_the_train_tab_says_how_to_enable_training(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPACE_ID", "org/demo")
+    monkeypatch.delenv("MLM_ALLOW_TRAINING", raising=False)
+    demo = build_demo(DemoApp(tmp_path / "checkpoints"))
+    buttons = {block.value: block for block in demo.blocks.values() if isinstance(block, gr.Button)}
+    assert buttons["Start training"].interactive is False and buttons["Stop"].interactive is False
+    notes = [block.value for block in demo.blocks.values() if isinstance(block, gr.Markdown)]
+    assert any("Training is off on this public Space" in note and "MLM_ALLOW_TRAINING=1" in note for note in notes)
 
 
 def test_curves_overlay_runs_with_reference_lines_and_a_csv(app_project, tmp_path):
