@@ -154,7 +154,7 @@ tags: [bert, masked-lm, wikitext]
 
 - **Command**: `{command}`
 - **Machine**: {machine}
-- **Training time**: {f'{elapsed:.1f} s' if elapsed is not None else 'n/a'} (training steps and evaluations)
+- **Training time**: {f'{elapsed:.1f} s' if elapsed is not None else 'n/a'} (training steps only; start-up and evaluations excluded)
 - **Final validation** (15% fixed masks): loss {final.get('loss', float('nan')):.4f}, perplexity {final.get('perplexity', float('nan')):.1f}, top-1 {final.get('top1', float('nan')):.3f}, top-5 {final.get('top5', float('nan')):.3f}
 
 ## Validation curve

@@ -27,6 +27,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mlm.hub import UserError, hub_reachable, minilm_path, resolve
@@ -153,7 +154,7 @@ def blocks_tensor(blocks) -> torch.Tensor:
     """(num_blocks, block_size) int64; an empty split gives an empty tensor."""
     if len(blocks) == 0:
         return torch.empty(0, 0, dtype=torch.long)
-    return torch.as_tensor(blocks.with_format("numpy")["input_ids"], dtype=torch.long)
+    return torch.from_numpy(np.stack(blocks.with_format("numpy")["input_ids"])).long()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -182,7 +183,9 @@ def mask_tokens(input_ids: torch.Tensor, spec: MaskingSpec, generator: torch.Gen
     the host, so it can run inside a captured CUDA graph.
     """
     device = input_ids.device
-    special = torch.isin(input_ids, torch.tensor(spec.special_ids, device=device))
+    special = torch.zeros_like(input_ids, dtype=torch.bool)
+    for special_id in spec.special_ids:  # no host->device copy: this must also run inside a CUDA graph capture
+        special |= input_ids == special_id
     chosen = (torch.rand(input_ids.shape, device=device, generator=generator) < spec.probability) & ~special
     labels = torch.where(chosen, input_ids, IGNORE_INDEX)
     action = torch.rand(input_ids.shape, device=device, generator=generator)

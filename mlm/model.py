@@ -46,7 +46,8 @@ def pretrained_model(name_or_path: str, dropout: float | None = None):
 
     overrides = {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
     try:
-        return BertForMaskedLM.from_pretrained(resolve(name_or_path), use_safetensors=True, **overrides)
+        # dtype pinned: transformers 5 would otherwise keep a checkpoint's own (possibly fp16) dtype for training
+        return BertForMaskedLM.from_pretrained(resolve(name_or_path), use_safetensors=True, dtype=torch.float32, **overrides)
     except (OSError, ValueError) as error:
         raise UserError(f"cannot load a BERT model from '{name_or_path}': {error}") from error
 
