@@ -154,7 +154,8 @@ def blocks_tensor(blocks) -> torch.Tensor:
     """(num_blocks, block_size) int64; an empty split gives an empty tensor."""
     if len(blocks) == 0:
         return torch.empty(0, 0, dtype=torch.long)
-    return torch.from_numpy(np.stack(blocks.with_format("numpy")["input_ids"])).long()
+    ids = blocks.with_format("arrow")["input_ids"].combine_chunks().flatten().to_numpy()  # zero-copy from the cache
+    return torch.from_numpy(ids.reshape(len(blocks), -1).astype(np.int64))
 
 
 # ----------------------------------------------------------------------------------------------------------------
