@@ -1,9 +1,10 @@
 """Training jobs for the app: start `python -m mlm.train` as its own process, watch it, stop it.
 
 The app never trains in its own process: a training job is a child process (under `accelerate launch` where
-several GPUs exist), started at a lower CPU priority so inference stays responsive on a 2-core machine. Its
-progress is read from the run folder's `metrics.jsonl`, the same file the Curves tab plots. Stopping sends
-SIGTERM, on which the trainer finishes its step and writes a resumable checkpoint. One job runs at a time.
+several GPUs exist), scheduled as SCHED_IDLE: it gets only the CPU time that requests leave, so on a 2-core machine
+inference answers as fast while it trains (see benchmarks/app_results.md). Its progress is read from the run
+folder's `metrics.jsonl`, the same file the Curves tab plots. Stopping sends SIGTERM, on which the trainer finishes
+its step and writes a resumable checkpoint. One job runs at a time.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from mlm.hub import UserError
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent  # where `python -m mlm.train` finds the package
 LOG_FILE = "train.log"
-TRAINING_NICENESS = 10  # the trainer yields the CPU to inference requests
 DATA_SOURCES = ("hub", "folder", "file")
 
 
@@ -131,10 +131,13 @@ class TrainingJobs:
                 log.flush()
                 self.process = subprocess.Popen(
                     command, cwd=PROJECT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True,  # its own process group: Stop reaches accelerate's workers too
+                    # Its own process group, so Stop reaches accelerate's workers too; but the app's session, since
+                    # Linux shares the CPU fairly between sessions (autogroups) whatever their priority.
+                    process_group=0,
                 )
-            # Set before the child spawns any worker (they inherit it); preexec_fn is unsafe in a threaded server.
-            os.setpriority(os.PRIO_PROCESS, self.process.pid, TRAINING_NICENESS)
+            # Set before the child spawns any thread or worker (they inherit it); preexec_fn is unsafe in a threaded
+            # server. SCHED_IDLE: the trainer only gets the cores no request wants, and yields them at once.
+            os.sched_setscheduler(self.process.pid, os.SCHED_IDLE, os.sched_param(0))
             self.run_dir, self.stop_requested = run_dir, False
             return run_dir
 
