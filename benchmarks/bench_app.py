@@ -148,7 +148,7 @@ def main() -> int:
     results = {
         "machine": machine(), "date": time.strftime("%Y-%m-%d"), "load_average_at_start": load_at_start,
         "models": [left, right],
-        "checkpoints": {name: registry.entry(name).location for name in (left, right)},
+        "checkpoints": {name: os.path.relpath(registry.entry(name).location, REPO) for name in (left, right)},
         "request": {"text": SENTENCE, "top_k": TOP_K, "models_per_call": 2},
         "start_to_first_answer_s": round(first_answer_s, 2),
         "in_process_both_models": percentiles(in_process), "http_gradio_client_both_models": percentiles(http),
