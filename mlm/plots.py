@@ -12,10 +12,12 @@ import os
 from pathlib import Path
 
 import plotly.graph_objects as go
+from plotly import colors as plotly_colors
 from plotly.subplots import make_subplots
 
 UNIFORM_GUESS_LOSS = math.log(30522)  # cross-entropy of guessing uniformly over BERT's 30,522 WordPieces
 REPORT_LOSS = 6.48  # the original assignment report's final validation loss
+RUN_COLOURS = plotly_colors.qualitative.Plotly
 METRIC_COLUMNS = ("run", "step", "epoch", "split", "loss", "perplexity", "top1", "top5", "lr", "tokens_per_s", "elapsed_s")
 
 
@@ -43,16 +45,16 @@ def guesses_chart(answer: dict) -> go.Figure:
 def curves(runs: dict[str, list[dict]]) -> tuple[go.Figure, go.Figure]:
     """(loss figure, validation perplexity figure) for several runs overlaid, against the training step."""
     loss, perplexity = go.Figure(), go.Figure()
-    for name, records in runs.items():
-        label = html.escape(name)
+    for number, (name, records) in enumerate(runs.items()):
+        label, colour = html.escape(name), RUN_COLOURS[number % len(RUN_COLOURS)]  # one colour per run
         train = [r for r in records if r.get("split") == "train"]
         valid = [r for r in records if r.get("split") == "valid"]
         loss.add_trace(go.Scatter(x=[r["step"] for r in train], y=[r["loss"] for r in train], mode="lines",
-                                  name=f"{label}: train", legendgroup=label))
+                                  name=f"{label}: train", legendgroup=label, line=dict(color=colour)))
         loss.add_trace(go.Scatter(x=[r["step"] for r in valid], y=[r["loss"] for r in valid], mode="lines+markers",
-                                  name=f"{label}: validation", legendgroup=label, line=dict(dash="dot")))
+                                  name=f"{label}: validation", legendgroup=label, line=dict(color=colour, dash="dot")))
         perplexity.add_trace(go.Scatter(x=[r["step"] for r in valid], y=[r["perplexity"] for r in valid],
-                                        mode="lines+markers", name=label))
+                                        mode="lines+markers", name=label, line=dict(color=colour)))
     loss.add_hline(y=UNIFORM_GUESS_LOSS, line_dash="dash", line_color="grey",
                    annotation_text=f"uniform guess: ln(30522) ≈ {UNIFORM_GUESS_LOSS:.2f}")
     loss.add_hline(y=REPORT_LOSS, line_dash="dash", line_color="firebrick",
