@@ -97,6 +97,9 @@ def _text_corpus(text_files: list[str]):
 def load_corpus(data_dir: str | None = None, text_files: list[str] | None = None):
     """Non-blank lines per split from a WikiText folder, plain text files, or the hub (in that order of choice)."""
     from datasets import DatasetDict, load_dataset
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()  # cached steps take well under a second; their bars would only bury messages
 
     if text_files:
         return _text_corpus(text_files)

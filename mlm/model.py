@@ -48,8 +48,10 @@ def pretrained_model(name_or_path: str, dropout: float | None = None):
     try:
         # dtype pinned: transformers 5 would otherwise keep a checkpoint's own (possibly fp16) dtype for training
         return BertForMaskedLM.from_pretrained(resolve(name_or_path), use_safetensors=True, dtype=torch.float32, **overrides)
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot load a BERT model from '{name_or_path}': {error}") from error
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 - missing, corrupt or foreign: one line for the user either way
+        raise UserError(f"cannot load a BERT model from '{name_or_path}': {type(error).__name__}: {error}") from error
 
 
 def parameter_count(model: nn.Module) -> int:

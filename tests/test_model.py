@@ -1,0 +1,100 @@
+"""The model: its size, the fast masked-only loss against Hugging Face's own, and checkpoint round trips."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mlm.data import MaskingSpec, load_tokenizer, mask_tokens, max_predictions
+from mlm.hub import UserError
+from mlm.model import MaskedLMObjective, add_lora, load_model, parameter_count, save_model, scratch_model
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer()
+
+
+@pytest.fixture
+def masked_batch(tokenizer):
+    torch.manual_seed(1)
+    ids = torch.randint(1000, 30000, (4, 128))
+    ids[:, 0], ids[:, -1] = tokenizer.cls_token_id, tokenizer.sep_token_id
+    return mask_tokens(ids, MaskingSpec.from_tokenizer(tokenizer))
+
+
+def test_parameter_count_is_the_missions(tokenizer):
+    model = scratch_model(tokenizer)
+    assert parameter_count(model) == 10_411_834
+    config = model.config
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.intermediate_size,
+            config.max_position_embeddings) == (3, 256, 4, 1024, 512)
+    assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+
+
+def test_fast_loss_equals_bert_for_masked_lm(tokenizer, masked_batch):
+    torch.manual_seed(0)
+    model = scratch_model(tokenizer).eval()  # no dropout: both forwards see the same network
+    inputs, labels = masked_batch
+    objective = MaskedLMObjective(model, max_predictions(inputs.numel(), 0.15))
+    reference = model(input_ids=inputs, labels=labels).loss
+    assert torch.allclose(objective(inputs, labels), reference, rtol=1e-5)
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the CPU fallback's mixed precision
+        fast_bf16 = objective(inputs, labels)
+    assert abs(fast_bf16.item() - reference.item()) < 0.02 * reference.item()
+
+
+def test_fast_loss_gradients_equal_bert_for_masked_lm(tokenizer, masked_batch):
+    torch.manual_seed(0)
+    model = scratch_model(tokenizer).eval()
+    inputs, labels = masked_batch
+    model(input_ids=inputs, labels=labels).loss.backward()
+    reference = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    MaskedLMObjective(model, max_predictions(inputs.numel(), 0.15))(inputs, labels).backward()
+    for name, parameter in model.named_parameters():
+        assert torch.allclose(parameter.grad, reference[name], atol=1e-6, rtol=1e-4), name
+
+
+def test_save_load_round_trip_gives_identical_logits(tokenizer, tmp_path, masked_batch):
+    from transformers import AutoModelForMaskedLM, pipeline
+
+    model = scratch_model(tokenizer).eval()
+    save_model(model, tokenizer, tmp_path)
+    inputs, _ = masked_batch
+    with torch.no_grad():
+        expected = model(input_ids=inputs).logits
+        assert torch.equal(load_model(tmp_path)(input_ids=inputs).logits, expected)
+        assert torch.equal(AutoModelForMaskedLM.from_pretrained(tmp_path)(input_ids=inputs).logits, expected)
+    assert len(pipeline("fill-mask", model=str(tmp_path))("Paris is the [MASK] of France.")) == 5
+
+
+def test_lora_checkpoint_is_small_and_reloads_merged(tokenizer, tmp_path, masked_batch):
+    """A LoRA folder holds adapter + head only; loading merges it into the named base with the same outputs."""
+    base = tmp_path / "base"
+    torch.manual_seed(0)
+    scratch_model(tokenizer).save_pretrained(base)
+    from mlm.model import pretrained_model
+
+    model = add_lora(pretrained_model(str(base)), rank=4)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad:  # pretend training moved adapters and head away from their start
+                parameter.add_(torch.randn_like(parameter) * 0.02)
+    model.eval()
+    save_model(model, tokenizer, tmp_path / "lora", base_model=str(base))
+    inputs, _ = masked_batch
+    with torch.no_grad():
+        expected = model(input_ids=inputs).logits
+        reloaded = load_model(tmp_path / "lora")(input_ids=inputs).logits
+    assert torch.allclose(reloaded, expected, atol=1e-4)
+    weights = sum(f.stat().st_size for f in (tmp_path / "lora").glob("*.safetensors"))
+    assert weights < 0.2 * (base / "model.safetensors").stat().st_size
+
+
+def test_broken_checkpoint_is_a_user_error(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    (tmp_path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="cannot load"):
+        load_model(tmp_path)
