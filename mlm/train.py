@@ -249,8 +249,9 @@ class Trainer:
         return {"max_memory_mb": torch.cuda.max_memory_allocated(self.device) / 2**20}
 
     def log(self, record: dict) -> None:
+        """Append to metrics.jsonl, stamped with seconds since the command started (start-up included)."""
         if self.is_main:
-            ckpt.append_metrics(self.run_dir, record)
+            ckpt.append_metrics(self.run_dir, {**record, "wall_s": time.monotonic() - self.created})
 
     def card(self) -> str:
         what = (f"`{self.config.pretrained}` fine-tuned" if self.config.pretrained else "A small BERT pre-trained from scratch")
