@@ -173,7 +173,7 @@ one `[MASK]`, top-{results['request']['top_k']}, both models per call. Command: 
 | `python app.py` start to first fill_mask answer | {results['start_to_first_answer_s']} s | ≤ {TARGETS['start_s']} s |
 | fill_mask in process, p50 / p95 ({local['runs']} calls) | {local['p50_ms']} / {local['p95_ms']} ms | p50 ≤ {TARGETS['in_process_p50_ms']} ms |
 | fill_mask over HTTP (gradio_client), p50 / p95 ({http['runs']} calls) | {http['p50_ms']} / {http['p95_ms']} ms | p50 ≤ {TARGETS['http_p50_ms']} ms |
-""" + (f"""| the same while a CPU training job runs (SCHED_IDLE, its own process), p50 / p95 | {training['p50_ms']} / {training['p95_ms']} ms | – |
+""" + (f"""| the same while a CPU training job runs (nice 10, its own process), p50 / p95 | {training['p50_ms']} / {training['p95_ms']} ms | – |
 """ if (training := results["http_while_training"]) else "")
 
 

@@ -1,10 +1,11 @@
 """Training jobs for the app: start `python -m mlm.train` as its own process, watch it, stop it.
 
 The app never trains in its own process: a training job is a child process (under `accelerate launch` where
-several GPUs exist), scheduled as SCHED_IDLE: it gets only the CPU time that requests leave, so on a 2-core machine
-inference answers as fast while it trains (see benchmarks/app_results.md). Its progress is read from the run
-folder's `metrics.jsonl`, the same file the Curves tab plots. Stopping sends SIGTERM, on which the trainer finishes
-its step and writes a resumable checkpoint. One job runs at a time.
+several GPUs exist), at a lower CPU priority (nice 10): requests come first, so on a 2-core machine inference
+answers almost as fast while it trains (see benchmarks/app_results.md), yet training still gets a share of a machine
+busy with something else. Its progress is read from the run folder's `metrics.jsonl`, the same file the Curves tab
+plots. Stopping sends SIGTERM, on which the trainer finishes its step and writes a resumable checkpoint. One job
+runs at a time.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from mlm.hub import UserError
 PROJECT_DIR = Path(__file__).resolve().parent.parent  # where `python -m mlm.train` finds the package
 LOG_FILE = "train.log"
 DATA_SOURCES = ("hub", "folder", "file")
+TRAINING_NICENESS = 10
 
 
 @dataclass
@@ -136,8 +138,8 @@ class TrainingJobs:
                     process_group=0,
                 )
             # Set before the child spawns any thread or worker (they inherit it); preexec_fn is unsafe in a threaded
-            # server. SCHED_IDLE: the trainer only gets the cores no request wants, and yields them at once.
-            os.sched_setscheduler(self.process.pid, os.SCHED_IDLE, os.sched_param(0))
+            # server.
+            os.setpriority(os.PRIO_PROCESS, self.process.pid, TRAINING_NICENESS)
             self.run_dir, self.stop_requested = run_dir, False
             return run_dir
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import time
-
+import subprocess
 import sys
+import time
 
 import gradio as gr
 import pytest
@@ -20,7 +20,22 @@ START_FORM = dict(preset="scratch", source="folder", data_dir=str(WIKITEXT_DIR),
                   batch_size=8, max_train_blocks=4000, max_minutes=5)
 
 
-def tick_until(app: DemoApp, selected, last, done, timeout_s: float = 120):
+@pytest.fixture
+def local_app(tmp_path, monkeypatch):
+    """The app on a teacher's machine (not a Space) with an empty checkpoints folder; ends any job it started."""
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    (tmp_path / "checkpoints").mkdir()
+    app = DemoApp(tmp_path / "checkpoints")
+    yield app
+    if app.jobs.running():
+        app.jobs.stop()
+        try:
+            app.jobs.wait(120)
+        except subprocess.TimeoutExpired:
+            app.jobs.process.kill()
+
+
+def tick_until(app: DemoApp, selected, last, done, timeout_s: float = 300):
     """Call the timer handler as the page would, until `done(outputs)` holds; returns the outputs."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -37,10 +52,8 @@ def trace(figure, name: str):
     return next(t for t in figure.data if t.name == name)
 
 
-def test_start_watch_stop_and_pick_a_run(tmp_path, monkeypatch):
-    monkeypatch.delenv("SPACE_ID", raising=False)
-    (tmp_path / "checkpoints").mkdir()
-    app = DemoApp(tmp_path / "checkpoints")
+def test_start_watch_stop_and_pick_a_run(local_app):
+    app = local_app
     assert app.registry.names() == []
 
     assert app.start_training(**START_FORM).startswith("Started **scratch-")
@@ -60,7 +73,7 @@ def test_start_watch_stop_and_pick_a_run(tmp_path, monkeypatch):
                          lambda o: len(trace(o[1], f"{run_dir.name}: train").x) > first_points)  # the curve grows
 
     assert "Stopping" in app.stop_training()
-    assert app.jobs.wait(60) == 0
+    assert app.jobs.wait(300) == 0
     outputs = tick_until(app, outputs[4]["value"], outputs[-1], lambda o: "stopped" in o[0])
     assert "resumable checkpoint" in outputs[0]
     assert run_dir.name in outputs[5]["choices"] and run_dir.name in outputs[6]["choices"]  # both model pickers
@@ -73,9 +86,8 @@ def test_start_watch_stop_and_pick_a_run(tmp_path, monkeypatch):
     assert app.stop_training() == "No training run is going."
 
 
-def test_a_bad_form_is_told_why(tmp_path, monkeypatch):
-    monkeypatch.delenv("SPACE_ID", raising=False)
-    app = DemoApp(tmp_path / "checkpoints")
+def test_a_bad_form_is_told_why(local_app, tmp_path):
+    app = local_app
     assert "does not exist" in app.start_training(**{**START_FORM, "data_dir": str(tmp_path / "nowhere")})
     assert "Upload a plain-text file" in app.start_training(**{**START_FORM, "source": "file"})
     assert "--epochs must be positive" in app.start_training(**{**START_FORM, "epochs": 0})
@@ -84,13 +96,12 @@ def test_a_bad_form_is_told_why(tmp_path, monkeypatch):
     assert app.jobs.status().state == "idle"
 
 
-def test_a_failed_run_shows_the_trainers_message(tmp_path, monkeypatch):
-    monkeypatch.delenv("SPACE_ID", raising=False)
-    app = DemoApp(tmp_path / "checkpoints")
+def test_a_failed_run_shows_the_trainers_message(local_app, tmp_path):
+    app = local_app
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")
     assert app.start_training(**{**START_FORM, "source": "file", "upload": str(empty)}).startswith("Started")
-    assert app.jobs.wait(120) == 2
+    assert app.jobs.wait(300) == 2
     status = app.training_status()
     assert "failed" in status and "Training failed: error:" in status
 
