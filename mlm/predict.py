@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from mlm.checkpoint import CONFIG_FILE, read_metrics
+from mlm.checkpoint import CONFIG_FILE, METRICS_FILE, read_metrics
 from mlm.hub import UserError, hub_reachable
 from mlm.model import ADAPTER_CONFIG, load_model
 
@@ -132,11 +132,12 @@ class ModelRegistry:
     def run_folders(self) -> dict[str, Path]:
         """Every offered local model, plus runs still training, that has metrics to plot."""
         folders = {e.name: Path(e.location) for e in self.entries().values() if not e.on_hub}
+        known = {folder.resolve() for folder in folders.values()}
         if self.checkpoints_dir.is_dir():
             for folder in sorted(self.checkpoints_dir.iterdir()):
-                if (folder / "metrics.jsonl").is_file() and folder.resolve() not in {f.resolve() for f in folders.values()}:
+                if folder.resolve() not in known:
                     folders[folder.name] = folder
-        return {name: folder for name, folder in folders.items() if (folder / "metrics.jsonl").is_file()}
+        return {name: folder for name, folder in folders.items() if (folder / METRICS_FILE).is_file()}
 
     # ------------------------------------------------------------------------------------------------------------
     # Loading, cached

@@ -17,7 +17,7 @@ from pathlib import Path
 import gradio as gr
 
 from mlm import plots
-from mlm.checkpoint import read_metrics
+from mlm.checkpoint import METRICS_FILE, read_metrics
 from mlm.config import PRESETS
 from mlm.hub import UserError, hub_reachable
 from mlm.predict import MASK, MAX_MASKS, MAX_TOP_K, ModelRegistry
@@ -184,7 +184,7 @@ class DemoApp:
     def snapshot(self) -> tuple:
         """Changes whenever the status, the curves or the offered models would: lets a tick skip idle refreshes."""
         folders = self.registry.run_folders()
-        metrics = tuple((name, (folder / "metrics.jsonl").stat().st_mtime_ns) for name, folder in folders.items())
+        metrics = tuple((name, (folder / METRICS_FILE).stat().st_mtime_ns) for name, folder in folders.items())
         return self.training_status(), metrics, tuple(self.registry.names())
 
     def tick(self, selected: list[str] | None, last: tuple | None):
@@ -192,10 +192,10 @@ class DemoApp:
         now = self.snapshot()
         if now == last:
             return (gr.skip(),) * 8 + (last,)
-        status, _, names = now
-        runs = list(self.registry.run_folders())
-        if last is not None and len(runs) > len(last[1]):  # a new run: plot it too
-            selected = list(dict.fromkeys((selected or []) + [r for r in runs if r not in dict(last[1])]))
+        status, metrics, names = now
+        runs = [name for name, _ in metrics]
+        seen = dict(last[1]) if last else {}
+        selected = list(dict.fromkeys((selected or []) + [r for r in runs if r not in seen]))  # new runs: plot them
         loss, perplexity, csv_path = self.curves(selected)
         pickers = gr.update(choices=list(names))
         return (status, loss, perplexity, csv_path, gr.update(choices=runs, value=selected), pickers, pickers,
