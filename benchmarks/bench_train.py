@@ -149,8 +149,8 @@ def package_run(name: str, args: list[str], data_dir: str, launcher: list[str] |
     train = [m for m in metrics if m["split"] == "train"]
     valid = [m for m in metrics if m["split"] == "valid"]
     steps = train[-1]["step"]
-    return {  # loop: first step to last evaluation, like the baselines' timers (start-up and final save outside)
-        "command_s": seconds, "ready_s": ready, "loop_s": valid[-1]["wall_s"] - ready, "train_s": train[-1]["elapsed_s"],
+    return {  # loop: everything after start-up (steps, evaluations, the final checkpoint write, process exit)
+        "command_s": seconds, "ready_s": ready, "loop_s": seconds - ready, "train_s": train[-1]["elapsed_s"],
         "steps": steps, "tokens_per_s": train[-1]["tokens_per_s"], "run_dir": str(run_dir),
         "peak_memory_mb": max((m["max_memory_mb"] for m in train if "max_memory_mb" in m), default=None),
         "valid_curve": [(m["epoch"], m["loss"]) for m in valid],
