@@ -74,7 +74,7 @@ class TrainStep:
 
 
 class GraphedTrainStep(TrainStep):
-    """The same step captured as one CUDA graph (bf16 or fp32; with DDP, its all-reduces are captured too).
+    """The same step captured as one CUDA graph (single GPU, bf16 or fp32).
 
     Capture needs a few eager warm-up steps (to create cuBLAS handles, optimizer state and the allocator's pools);
     they would change the model, so parameters and optimizer state (fresh, or loaded for a resume) are restored
@@ -82,9 +82,8 @@ class GraphedTrainStep(TrainStep):
     """
 
     WARMUP_STEPS = 3
-    DDP_WARMUP_STEPS = 11  # DDP settles its gradient buckets over the first iterations; capture only after that
 
-    def __init__(self, *args, example_batch: torch.Tensor, distributed: bool = False, **kwargs):
+    def __init__(self, *args, example_batch: torch.Tensor, **kwargs):
         super().__init__(*args, **kwargs)
         self.static_batch = example_batch.clone()
         saved = [p.detach().clone() for p in self.parameters]
@@ -92,7 +91,7 @@ class GraphedTrainStep(TrainStep):
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(self.DDP_WARMUP_STEPS if distributed else self.WARMUP_STEPS):
+            for _ in range(self.WARMUP_STEPS):
                 super().__call__(self.static_batch)
         torch.cuda.current_stream().wait_stream(side)
         with torch.no_grad():

@@ -15,7 +15,6 @@ write a resumable checkpoint and exit 0; `--resume DIR` continues from its step.
 from __future__ import annotations
 
 import math
-import os
 import platform
 import shlex
 import signal
@@ -59,17 +58,6 @@ def machine_name(device: torch.device, processes: int) -> str:
     return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads (torch {torch.__version__})"
 
 
-def graph_safe_ddp(module: torch.nn.Module, device: torch.device):
-    """DDP the way CUDA graph capture needs it: built on a side stream, no per-forward buffer broadcast (the
-    from-scratch and pretrained models' only buffers are constant position and token-type ids)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        wrapped = torch.nn.parallel.DistributedDataParallel(module, device_ids=[device.index], broadcast_buffers=False)
-    torch.cuda.current_stream().wait_stream(side)
-    return wrapped
-
-
 class Trainer:
     def __init__(self, config: TrainConfig, resume: bool = False):
         from accelerate import Accelerator
@@ -81,8 +69,6 @@ class Trainer:
             raise UserError(f"{self.run_dir} already holds a run: --resume it or choose another --output-dir")
         if config.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise UserError("--mixed-precision fp16 needs a GPU")
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # NCCL's watchdog must not poll work captured in a graph
-            os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "0")
         self.accelerator = Accelerator(mixed_precision="fp16" if config.mixed_precision == "fp16" else "no")
         self.device = self.accelerator.device
         self.is_main = self.accelerator.is_main_process
@@ -132,16 +118,14 @@ class Trainer:
             self.start_step = ckpt.load_training_state(self.run_dir, self.optimizer)["step"]
         if config.compile:
             objective = torch.compile(objective)
-        use_graphs = config.cuda_graphs and self.device.type == "cuda" and config.mixed_precision != "fp16"
-        if use_graphs and world > 1:
-            objective = graph_safe_ddp(objective, self.device)
-        else:
-            objective = accelerator.prepare(objective)  # DDP across processes; a no-op wrapper on one
+        objective = accelerator.prepare(objective)  # DDP across processes; a no-op wrapper on one
         if config.mixed_precision == "fp16":
             self.optimizer = accelerator.prepare(self.optimizer)  # adds the loss scaler
         self.autocast = None if config.mixed_precision == "fp16" else autocast_dtype(config.mixed_precision, self.device, batch_tokens)
         step_args = (objective, self.optimizer, self.spec, config.max_grad_norm, self.autocast, accelerator)
-        self.step_fn = (GraphedTrainStep(*step_args, example_batch=self.train_blocks[: config.batch_size], distributed=world > 1)
+        use_graphs = (config.cuda_graphs and self.device.type == "cuda" and world == 1
+                      and config.mixed_precision != "fp16")
+        self.step_fn = (GraphedTrainStep(*step_args, example_batch=self.train_blocks[: config.batch_size])
                         if use_graphs else TrainStep(*step_args))
 
     def initial_model(self):
