@@ -146,14 +146,14 @@ def bert_for_masked_lm(model):
 # Checkpoints: save_pretrained folders, loaded from safetensors only
 
 
-def save_model(model, tokenizer, folder: Path, base_model: str | None = None, metadata: dict | None = None) -> None:
+def save_model(model, tokenizer, folder: Path, base_model: str | None = None) -> None:
     """Write a model folder (into a folder the caller renames into place). LoRA: adapter + head + base name."""
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(folder)
     if is_lora(model):
         model.save_pretrained(folder, safe_serialization=True)
         head = {name: p.detach().float().cpu().contiguous() for name, p in head_parameters(bert_for_masked_lm(model)).items()}
-        save_file(head, folder / MLM_HEAD_FILE, metadata={k: str(v) for k, v in (metadata or {}).items()})
+        save_file(head, folder / MLM_HEAD_FILE)
         (folder / BASE_MODEL_FILE).write_text(json.dumps({"base_model": base_model}) + "\n")
     else:
         model.save_pretrained(folder, safe_serialization=True)
