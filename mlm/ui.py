@@ -187,22 +187,25 @@ class DemoApp:
         metrics = tuple((name, (folder / METRICS_FILE).stat().st_mtime_ns) for name, folder in folders.items())
         return self.training_status(), metrics, tuple(self.registry.names())
 
-    def tick(self, selected: list[str] | None, last: tuple | None):
-        """Refresh status, curves and pickers when something changed since this page's last tick."""
+    def tick(self, selected: list[str] | None, last: tuple):
+        """Refresh what changed since this page's last snapshot (status, curves, pickers), and nothing else: an
+        update to a dropdown would close it under a student's cursor."""
         now = self.snapshot()
         if now == last:
             return (gr.skip(),) * 8 + (last,)
-        status, metrics, names = now
-        runs = [name for name, _ in metrics]
-        seen = dict(last[1]) if last else {}
-        selected = list(dict.fromkeys((selected or []) + [r for r in runs if r not in seen]))  # new runs: plot them
-        loss, perplexity, csv_path = self.curves(selected)
-        pickers = gr.update(choices=list(names))
-        return (status, loss, perplexity, csv_path, gr.update(choices=runs, value=selected), pickers, pickers,
-                self.training_buttons(), now)
-
-    def training_buttons(self):
-        return gr.update(interactive=training_allowed() and not self.jobs.running())
+        (status, metrics, names), (last_status, last_metrics, last_names) = now, last
+        if metrics != last_metrics:
+            runs, seen = [name for name, _ in metrics], dict(last_metrics)
+            selected = list(dict.fromkeys((selected or []) + [r for r in runs if r not in seen]))  # plot new runs
+            curves = (*self.curves(selected), gr.update(choices=runs, value=selected))
+        else:
+            curves = (gr.skip(),) * 4
+        pickers = gr.update(choices=list(names)) if names != last_names else gr.skip()
+        if status != last_status:
+            status_outputs = (status, gr.update(interactive=training_allowed() and not self.jobs.running()))
+        else:
+            status_outputs = (gr.skip(), gr.skip())
+        return (status_outputs[0], *curves, pickers, pickers, status_outputs[1], now)
 
 
 def preset_defaults(preset: str) -> tuple[float, int]:
@@ -296,7 +299,7 @@ def build_demo(app: DemoApp) -> gr.Blocks:
             run_picker.change(app.curves, run_picker, [loss_plot, perplexity_plot, csv], api_visibility="private")
             demo.load(app.curves, run_picker, [loss_plot, perplexity_plot, csv], api_visibility="private")
 
-        last_seen = gr.State(None)
+        last_seen = gr.State(app.snapshot())  # what a new page shows: the timer sends only what changes after
         gr.Timer(TICK_SECONDS).tick(
             app.tick, [run_picker, last_seen],
             [status, loss_plot, perplexity_plot, csv, run_picker, left, right, start, last_seen],

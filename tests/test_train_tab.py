@@ -35,53 +35,63 @@ def local_app(tmp_path, monkeypatch):
             app.jobs.process.kill()
 
 
-def tick_until(app: DemoApp, selected, last, done, timeout_s: float = 300):
-    """Call the timer handler as the page would, until `done(outputs)` holds; returns the outputs."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        outputs = app.tick(selected, last)
-        if not isinstance(outputs[0], dict):  # a gr.skip() means nothing changed since `last`
-            selected, last = outputs[4]["value"], outputs[-1]
-            if done(outputs):
-                return outputs
-        time.sleep(0.5)
-    raise AssertionError(f"timed out; last status: {app.training_status()}")
+class Page:
+    """An open browser page as the timer sees it: the latest value of each output, and its last snapshot."""
+
+    OUTPUTS = ("status", "loss", "perplexity", "csv", "runs", "left", "right", "start")
+
+    def __init__(self, app: DemoApp):
+        self.app, self.last, self.selected = app, app.snapshot(), []
+        self.shown: dict = dict.fromkeys(self.OUTPUTS)
+
+    def tick_until(self, done, timeout_s: float = 300) -> dict:
+        """Call the timer handler as the page would, until `done(shown)` holds."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            *outputs, self.last = self.app.tick(self.selected, self.last)
+            for name, output in zip(self.OUTPUTS, outputs):
+                if output != gr.skip():  # a skip leaves the component as it was
+                    self.shown[name] = output
+            if self.shown["runs"]:
+                self.selected = self.shown["runs"]["value"]
+            if done(self.shown):
+                return self.shown
+            time.sleep(0.5)
+        raise AssertionError(f"timed out; last status: {self.app.training_status()}")
 
 
-def trace(figure, name: str):
-    return next(t for t in figure.data if t.name == name)
+def train_points(shown: dict, run: str) -> int:
+    return sum(len(t.x) for t in shown["loss"].data if t.name == f"{run}: train") if shown["loss"] else 0
 
 
 def test_start_watch_stop_and_pick_a_run(local_app):
     app = local_app
     assert app.registry.names() == []
+    page = Page(app)
 
     assert app.start_training(**START_FORM).startswith("Started **scratch-")
     assert "already going" in app.start_training(**START_FORM)
-    run_dir = app.jobs.run_dir
+    run = app.jobs.run_dir.name
 
-    def training_with_a_point(outputs):
-        return "running" in outputs[0] and run_dir.name in outputs[4]["value"] and any(
-            t.name == f"{run_dir.name}: train" and len(t.x) for t in outputs[1].data)
-
-    outputs = tick_until(app, [], None, training_with_a_point)
-    assert "| step | epoch | loss | valid loss | tokens/s | elapsed | ETA |" in outputs[0]
-    assert " / 500 |" in outputs[0]  # 4,000 blocks in batches of 8
-    assert outputs[7]["interactive"] is False  # Start is off while a run trains
-    first_points = len(trace(outputs[1], f"{run_dir.name}: train").x)
-    outputs = tick_until(app, outputs[4]["value"], outputs[-1],
-                         lambda o: len(trace(o[1], f"{run_dir.name}: train").x) > first_points)  # the curve grows
+    shown = page.tick_until(lambda s: "running" in (s["status"] or "") and train_points(s, run) > 0)
+    assert "| step | epoch | loss | valid loss | tokens/s | elapsed | ETA |" in shown["status"]
+    assert " / 500 |" in shown["status"]  # 4,000 blocks in batches of 8
+    assert shown["start"]["interactive"] is False  # Start is off while a run trains
+    assert run in shown["runs"]["value"]  # a new run is plotted without being picked
+    assert shown["left"] is None  # the model pickers are left alone while nothing new can be picked
+    first_points = train_points(shown, run)
+    page.tick_until(lambda s: train_points(s, run) > first_points)  # the curve grows
 
     assert "Stopping" in app.stop_training()
     assert app.jobs.wait(300) == 0
-    outputs = tick_until(app, outputs[4]["value"], outputs[-1], lambda o: "stopped" in o[0])
-    assert "resumable checkpoint" in outputs[0]
-    assert run_dir.name in outputs[5]["choices"] and run_dir.name in outputs[6]["choices"]  # both model pickers
-    assert outputs[7]["interactive"] is True
-    state = json.loads((run_dir / "training_state" / "state.json").read_text())
+    shown = page.tick_until(lambda s: "stopped" in s["status"])
+    assert "resumable checkpoint" in shown["status"]
+    assert run in shown["left"]["choices"] and run in shown["right"]["choices"]  # both model pickers offer it
+    assert shown["start"]["interactive"] is True
+    state = json.loads((app.jobs.run_dir / "training_state" / "state.json").read_text())
     assert 0 < state["step"] < state["total_steps"] and not state["finished"]
-    assert load_model(run_dir).config.num_hidden_layers == 3
-    answer = app.registry.fill_mask("The [MASK] is red.", 3, run_dir.name, run_dir.name)["left"]
+    assert load_model(app.jobs.run_dir).config.num_hidden_layers == 3
+    answer = app.registry.fill_mask("The [MASK] is red.", 3, run, run)["left"]
     assert len(answer["masks"][0]["candidates"]) == 3
     assert app.stop_training() == "No training run is going."
 
