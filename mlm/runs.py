@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlm.checkpoint import read_metrics
+from mlm.checkpoint import STATE_DIR, read_metrics
 from mlm.config import PRESETS, config_from_args
 from mlm.hub import UserError
 
@@ -131,12 +131,10 @@ class TrainingJobs:
             with open(run_dir / LOG_FILE, "w") as log:
                 log.write(" ".join(command) + "\n")
                 log.flush()
-                self.process = subprocess.Popen(
-                    command, cwd=PROJECT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    # Its own process group, so Stop reaches accelerate's workers too; but the app's session, since
-                    # Linux shares the CPU fairly between sessions (autogroups) whatever their priority.
-                    process_group=0,
-                )
+                # In the app's own session: Linux shares the CPU fairly between sessions (autogroups), whatever
+                # their priority, so a new session would undo the lower priority below.
+                self.process = subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stdout=log,
+                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             # Set before the child spawns any thread or worker (they inherit it); preexec_fn is unsafe in a threaded
             # server.
             os.setpriority(os.PRIO_PROCESS, self.process.pid, TRAINING_NICENESS)
@@ -147,7 +145,7 @@ class TrainingJobs:
         with self._lock:
             if not self.running():
                 return "No training run is going."
-            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.send_signal(signal.SIGTERM)  # accelerate launch passes it on to every worker
             self.stop_requested = True
             return f"Stopping {self.run_dir.name}: it finishes its step and saves a resumable checkpoint."
 
@@ -170,7 +168,8 @@ def run_status(run_dir: Path, exit_code: int | None, stop_requested: bool = Fals
         message = "Training…" if records else "Loading data and building the model…"
         if stop_requested:
             message = "Stopping after this step; saving a resumable checkpoint…"
-    elif exit_code == 0:
+    # accelerate launch exits non-zero when stopped by a signal, after its workers saved their checkpoint
+    elif exit_code == 0 or (stop_requested and (run_dir / STATE_DIR / "state.json").is_file()):
         finished = bool(train) and train[-1]["step"] >= train[-1]["total_steps"]
         state = "finished" if finished else "stopped"
         message = (f"Finished: {run_dir.name} is now in the model pickers." if finished else

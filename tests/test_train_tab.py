@@ -13,7 +13,7 @@ import torch
 
 from conftest import WIKITEXT_DIR
 from mlm.model import load_model
-from mlm.runs import TrainRequest, launcher
+from mlm.runs import TrainRequest, launcher, run_status
 from mlm.ui import DemoApp, build_demo, training_allowed
 
 START_FORM = dict(preset="scratch", source="folder", data_dir=str(WIKITEXT_DIR), upload=None, epochs=1, lr=5e-4,
@@ -170,3 +170,17 @@ def test_the_form_becomes_the_training_commands_flags(tmp_path):
         str(corpus), "--epochs", "2", "--lr", "3e-05", "--batch-size", "16", "--max-train-blocks", "100",
         "--max-minutes", "1.5"]
     assert "--data-dir" not in TrainRequest(data_source="hub").arguments(tmp_path / "run")
+
+
+def test_a_run_stopped_under_accelerate_launch_counts_as_stopped_not_failed(tmp_path):
+    """accelerate launch exits non-zero on SIGTERM even though its workers saved a resumable checkpoint."""
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 10, "epoch": 0.5, "split": "train", "loss": 7.0,
+                                                        "lr": 1e-3, "tokens_per_s": 1e4, "elapsed_s": 3.0,
+                                                        "total_steps": 20}) + "\n")
+    (tmp_path / "train.log").write_text("error: something went wrong\n")
+    assert run_status(tmp_path, exit_code=1, stop_requested=True).state == "failed"  # no checkpoint was written
+    (tmp_path / "training_state").mkdir()
+    (tmp_path / "training_state" / "state.json").write_text('{"step": 10, "total_steps": 20, "finished": false}')
+    status = run_status(tmp_path, exit_code=1, stop_requested=True)
+    assert (status.state, status.step, status.total_steps, status.eta_s) == ("stopped", 10, 20, None)
+    assert run_status(tmp_path, exit_code=1).state == "failed"  # not asked to stop: a real failure
