@@ -169,7 +169,14 @@ def load_model(folder: str | Path, torch_dtype: torch.dtype = torch.float32):
         if not (folder / ADAPTER_CONFIG).is_file():
             return AutoModelForMaskedLM.from_pretrained(folder, use_safetensors=True, dtype=torch_dtype).eval()
         base = json.loads((folder / BASE_MODEL_FILE).read_text())["base_model"]
-        model = pretrained_model(base)
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the base's missing MLM head is expected: it comes from this folder next
+        try:
+            model = pretrained_model(base)
+        finally:
+            hf_logging.set_verbosity(verbosity)
         load_head(model, folder)
         merged = PeftModel.from_pretrained(model, folder).merge_and_unload()
         return merged.to(torch_dtype).eval()
