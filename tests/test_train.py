@@ -145,3 +145,11 @@ def test_existing_run_is_not_overwritten(capsys, trained_run):
     assert main(["--data-dir", str(WIKITEXT_DIR), "--output-dir", str(trained_run)]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (trained_run / "metrics.jsonl").read_text() == before
+
+
+def test_offline_hub_default_names_data_dir(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from mlm.hub import hub_reachable
+
+    hub_reachable.cache_clear()
+    _fails_cleanly(capsys, ["--output-dir", str(tmp_path / "out")], "--data-dir", tmp_path / "out")
