@@ -196,11 +196,11 @@ class Trainer:
                 bar.set_postfix(loss=f"{mean_loss:.3f}")
                 loss_sum.zero_()
                 interval_steps = 0
-                if end_of_epoch or (config.eval_every and step % config.eval_every == 0):
-                    self.evaluate(step)
                 interval_start = time.perf_counter()
-            elif config.eval_every and step % config.eval_every == 0:
+            if end_of_epoch or (config.eval_every and step % config.eval_every == 0):
+                evaluation_start = time.perf_counter()
                 self.evaluate(step)
+                interval_start += time.perf_counter() - evaluation_start  # evaluating is not training time
             if self.should_stop(step):
                 break
         bar.close()
