@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mlm.hub import UserError, hub_reachable, minilm_path, resolve
+from mlm.hub import BERT_BASE, UserError, hub_reachable, offline_stand_in, resolve
 
-DEFAULT_TOKENIZER = "bert-base-uncased"
+DEFAULT_TOKENIZER = BERT_BASE
 WIKITEXT = ("wikitext", "wikitext-2-raw-v1")
 WIKITEXT_STEMS = {"train": "wiki.train", "validation": "wiki.valid", "test": "wiki.test"}
 GROUPING_BATCH = 1000  # lines per concatenation batch, as datasets.map(batched=True) in run_mlm
@@ -49,10 +49,7 @@ def load_tokenizer(name_or_path: str = DEFAULT_TOKENIZER):
     """bert-base-uncased's fast tokenizer: from a folder, the hub, or offline from the MiniLM package (same vocab)."""
     from transformers import AutoTokenizer
 
-    if name_or_path == DEFAULT_TOKENIZER and not Path(name_or_path).exists() and not hub_reachable():
-        source = str(minilm_path())
-    else:
-        source = resolve(name_or_path)
+    source = resolve(offline_stand_in(name_or_path))
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as error:

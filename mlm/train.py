@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from mlm import checkpoint as ckpt
 from mlm.config import TrainConfig, config_from_args
 from mlm.data import IGNORE_INDEX, MaskingSpec, fixed_validation_masks, load_mlm_data, max_predictions
-from mlm.hub import UserError
+from mlm.hub import UserError, offline_stand_in
 from mlm.model import (
     MaskedLMObjective, add_lora, bert_for_masked_lm, load_lora_weights, parameter_count, pretrained_model,
     save_model, scratch_model,
@@ -87,6 +87,11 @@ class Trainer:
             data = load_mlm_data(config.data_dir, config.text_files, config.tokenizer, config.block_size,
                                  config.max_train_blocks, config.max_eval_blocks)
         self.tokenizer, self.line_counts = data.tokenizer, data.line_counts
+        if config.pretrained and offline_stand_in(config.pretrained) != config.pretrained:
+            config.pretrained = offline_stand_in(config.pretrained)
+            if self.is_main:
+                print(f"offline: fine-tuning the packaged MiniLM ({config.pretrained}) instead of bert-base-uncased",
+                      file=sys.stderr)
         model = self.initial_model()
         if config.block_size > model.config.max_position_embeddings:
             raise UserError(f"--block-size {config.block_size} exceeds the model's {model.config.max_position_embeddings} positions")

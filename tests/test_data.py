@@ -127,3 +127,13 @@ def test_prediction_cap_covers_the_binomial_tail():
 def test_wikitext_train_split_loads(tokenizer):
     corpus = load_corpus(str(WIKITEXT_DIR))
     assert len(corpus["train"]) == 23767 and len(corpus["validation"]) == 2461
+
+
+def test_offline_bert_base_stands_in_as_the_packaged_minilm(monkeypatch):
+    from mlm.hub import MINILM_PACKAGE, hub_reachable, offline_stand_in
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub_reachable.cache_clear()
+    assert offline_stand_in("bert-base-uncased") == MINILM_PACKAGE
+    assert offline_stand_in(str(BERT_TOKENIZER_DIR)) == str(BERT_TOKENIZER_DIR)  # folders and other names stay
+    assert offline_stand_in("roberta-base") == "roberta-base"

