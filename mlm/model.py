@@ -26,6 +26,9 @@ SCRATCH_ARCHITECTURE = dict(
 LORA_TARGETS = r".*encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
 MLM_HEAD_FILE = "mlm_head.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# Files that make a folder a loadable checkpoint: a full one, or a LoRA adapter (its base is named, not copied).
+CHECKPOINT_FILES = (("config.json", "model.safetensors"), (ADAPTER_CONFIG, ADAPTER_WEIGHTS))
 BASE_MODEL_FILE = "base_model.json"  # names the base of a LoRA checkpoint: a package name, hub name or path
 
 
@@ -129,7 +132,7 @@ def load_lora_weights(peft_model, folder: Path) -> None:
     """Adapter and head of a LoRA checkpoint into a model from `add_lora` (to resume training it)."""
     from peft import set_peft_model_state_dict
 
-    set_peft_model_state_dict(peft_model, load_file(folder / "adapter_model.safetensors"))
+    set_peft_model_state_dict(peft_model, load_file(folder / ADAPTER_WEIGHTS))
     load_head(bert_for_masked_lm(peft_model), folder)
 
 
@@ -157,6 +160,14 @@ def save_model(model, tokenizer, folder: Path, base_model: str | None = None) ->
         (folder / BASE_MODEL_FILE).write_text(json.dumps({"base_model": base_model}) + "\n")
     else:
         model.save_pretrained(folder, safe_serialization=True)
+
+
+def weights_file(folder: Path) -> Path | None:
+    """The weights of a loadable checkpoint folder, or None if the folder is not (yet) one."""
+    for config, weights in CHECKPOINT_FILES:
+        if (folder / config).is_file() and (folder / weights).is_file():
+            return folder / weights
+    return None
 
 
 def load_model(folder: str | Path, torch_dtype: torch.dtype = torch.float32):

@@ -23,7 +23,7 @@ import torch
 
 from mlm.checkpoint import CONFIG_FILE, METRICS_FILE, read_metrics
 from mlm.hub import UserError, hub_reachable
-from mlm.model import ADAPTER_CONFIG, load_model
+from mlm.model import load_model, weights_file
 
 MODELS_FILE = "models.json"
 MAX_MASKS = 10
@@ -31,8 +31,6 @@ MAX_TOP_K = 20
 # What students type for a mask, in any case: BERT's [MASK] and RoBERTa's <mask>.
 MASK_SPELLINGS = re.compile(r"\[mask\]|<mask>", re.IGNORECASE)
 MASK = "[MASK]"
-# Files that make a folder a loadable checkpoint: a full one, or a LoRA adapter (its base is named, not copied).
-CHECKPOINT_FILES = (("config.json", "model.safetensors"), (ADAPTER_CONFIG, "adapter_model.safetensors"))
 PARAMETERS_IN_CARD = re.compile(r"\(([\d,]+) parameters")
 
 
@@ -53,14 +51,6 @@ def check_text(text: str, top_k) -> str:
     if not isinstance(top_k, (int, float)) or top_k != int(top_k) or not 1 <= top_k <= MAX_TOP_K:
         raise UserError(f"Top-k must be a whole number from 1 to {MAX_TOP_K}.")
     return text
-
-
-def weights_file(folder: Path) -> Path | None:
-    """The weights of a loadable checkpoint folder, or None if the folder is not (yet) one."""
-    for config, weights in CHECKPOINT_FILES:
-        if (folder / config).is_file() and (folder / weights).is_file():
-            return folder / weights
-    return None
 
 
 @dataclass(frozen=True)
