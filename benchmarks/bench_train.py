@@ -48,9 +48,12 @@ def model_flops_per_token(config, seq: int = SEQ) -> float:
 
 
 @torch.no_grad()
-def evaluate(model, inputs, labels, batch_size: int = 64) -> dict:
-    """Token-weighted loss, perplexity and top-1 over the fixed validation masks, with the plain HF forward."""
-    model.eval()
+def evaluate(model, inputs, labels, batch_size: int = 64, dropout: bool = False) -> dict:
+    """Token-weighted loss, perplexity and top-1 over the fixed validation masks, with the plain HF forward.
+
+    `dropout=True` scores in training mode, as a loop that forgets `model.eval()` would.
+    """
+    model.train(dropout)
     device = next(model.parameters()).device
     loss_sum, count, hits = 0.0, 0, 0
     for start in range(0, len(inputs), batch_size):
@@ -74,18 +77,19 @@ def synchronize():
 # Baselines
 
 
-def reference_loop(data, epochs: float, batch_size: int = 8, lr: float = 5e-4, max_steps: int | None = None) -> dict:
+def reference_loop(data, epochs: float, batch_size: int = 8, lr: float = 5e-4, max_steps: int | None = None,
+                   shuffle: bool = True, weight_decay: float = 0.0, seed: int = 0) -> dict:
     """The original loop: collator on the CPU, fp32, `.item()` every step, AdamW with warm-up and linear decay."""
     from transformers import DataCollatorForLanguageModeling, get_linear_schedule_with_warmup
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = scratch_model(data.tokenizer).to(device).train()
     collator = DataCollatorForLanguageModeling(data.tokenizer, mlm_probability=0.15)
     blocks = [{"input_ids": row} for row in data.train_blocks.tolist()]
-    loader = torch.utils.data.DataLoader(blocks, batch_size=batch_size, shuffle=True, collate_fn=collator)
+    loader = torch.utils.data.DataLoader(blocks, batch_size=batch_size, shuffle=shuffle, collate_fn=collator)
     total = max_steps or math.ceil(epochs * len(loader))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(0.06 * total), total)
     step, started = 0, time.perf_counter()
     while step < total:
@@ -108,26 +112,37 @@ def reference_loop(data, epochs: float, batch_size: int = 8, lr: float = 5e-4, m
     return {"loop_s": seconds, "steps": total, "tokens_per_s": total * batch_size * SEQ / seconds, "model": model}
 
 
-def hf_trainer(data, epochs: float, batch_size: int = 8, lr: float = 5e-4, model=None, max_steps: int = -1) -> dict:
-    """Hugging Face Trainer with bf16 and otherwise default arguments: what a user would pick."""
+def hf_trainer(data, epochs: float, batch_size: int = 8, lr: float = 5e-4, model=None, max_steps: int = -1,
+               train_blocks: list[dict] | None = None, eval_blocks: list[dict] | None = None, **arguments) -> dict:
+    """Hugging Face Trainer with bf16 and otherwise default arguments: what a user would pick.
+
+    `arguments` override TrainingArguments; `train_blocks`/`eval_blocks` replace the plain blocks (for example with
+    run_mlm's special_tokens_mask column). With `eval_blocks` the Trainer also evaluates every epoch, with its own
+    dynamic masks, and its eval_loss curve is returned.
+    """
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-    torch.manual_seed(0)
+    seed = arguments.pop("seed", 0)
+    torch.manual_seed(seed)
     model = model or scratch_model(data.tokenizer)
-    args = TrainingArguments(
-        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch_size, learning_rate=lr, num_train_epochs=epochs,
-        warmup_steps=0.06, bf16=torch.cuda.is_available(), save_strategy="no", report_to=[], logging_strategy="no", max_steps=max_steps,
-        disable_tqdm=True,
-    )
-    blocks = [{"input_ids": row} for row in data.train_blocks.tolist()]
-    trainer = Trainer(model=model, args=args, train_dataset=blocks,
+    args = TrainingArguments(**{
+        "output_dir": tempfile.mkdtemp(), "per_device_train_batch_size": batch_size, "learning_rate": lr,
+        "num_train_epochs": epochs, "warmup_steps": 0.06, "bf16": torch.cuda.is_available(), "save_strategy": "no",
+        "report_to": [], "logging_strategy": "no", "max_steps": max_steps, "disable_tqdm": True, "seed": seed,
+        "eval_strategy": "epoch" if eval_blocks else "no", "per_device_eval_batch_size": 16, "prediction_loss_only": True,
+        **arguments,
+    })
+    blocks = train_blocks or [{"input_ids": row} for row in data.train_blocks.tolist()]
+    trainer = Trainer(model=model, args=args, train_dataset=blocks, eval_dataset=eval_blocks,
                       data_collator=DataCollatorForLanguageModeling(data.tokenizer, mlm_probability=0.15))
     started = time.perf_counter()
     output = trainer.train()
     synchronize()
     seconds = time.perf_counter() - started
     steps = output.global_step
-    return {"loop_s": seconds, "steps": steps, "tokens_per_s": steps * batch_size * SEQ / seconds, "model": trainer.model}
+    curve = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
+    return {"loop_s": seconds, "steps": steps, "tokens_per_s": steps * batch_size * SEQ / seconds, "model": trainer.model,
+            **({"trainer_eval_loss": curve} if curve else {})}
 
 
 # ----------------------------------------------------------------------------------------------------------------
