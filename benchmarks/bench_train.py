@@ -155,7 +155,8 @@ def package_run(name: str, args: list[str], data_dir: str, launcher: list[str] |
     command = (launcher or [sys.executable]) + ["-m", "mlm.train", "--data-dir", data_dir, "--output-dir", str(run_dir),
                                                  "--log-every", "100", *args]
     started = time.perf_counter()
-    completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"},
+                               timeout=300)  # a hung multi-process run must not take the whole benchmark with it
     seconds = time.perf_counter() - started
     if completed.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{completed.stderr[-3000:]}")
@@ -213,6 +214,10 @@ def write_results(results: dict, stem: str) -> None:
         rows.append(f"| {name} | {fmt('loop_s', '.1f')} | {fmt('command_s', '.1f')} | {fmt('steps', ',')} | "
                     f"{fmt('tokens_per_s', ',.0f')} | {fmt('valid_loss', '.3f')} | {fmt('perplexity', '.1f')} | "
                     f"{fmt('top1', '.3f')} | {fmt('peak_memory_mb', ',.0f')} | {fmt('achieved_tflop_s', '.2f')} | {time_ratio} | {rate_ratio} |")
+    curves = [f"- {name}: " + " / ".join(f"{loss:.3f} (epoch {epoch:.2f})" for epoch, loss in r["valid_curve"])
+              for name, r in results["runs"].items() if r.get("valid_curve")]
+    if curves:
+        rows += ["", "Validation loss as the run logged it (fixed masks; several processes sum their shares):", "", *curves]
     header = f"# Training benchmark: {results['machine']}\n\ntorch {results['torch']}, {results['date']}\n\n"
     (ROOT / "benchmarks" / f"results_{stem}.md").write_text(header + "\n".join(rows) + "\n" + results.get("notes", ""))
     print("\n".join(rows))
@@ -224,6 +229,7 @@ def main() -> None:
     parser.add_argument("--parts", default="reference,trainer,scratch,fast,bert")
     parser.add_argument("--bert-config", default=str(ROOT.parent / "shared/data/bert-base-uncased/config.json"))
     parser.add_argument("--stem", help="results file name part (default: gpu name or 'cpu')")
+    parser.add_argument("--only", type=lambda text: text.split(","), help="with --parts multi: these runs only")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -285,19 +291,30 @@ def bert_base_throughput(data, args, steps: int = 300) -> dict:
 
 
 def multi_gpu(data, args) -> dict:
-    """accelerate launch on 2 GPUs against 1 GPU: scratch at the same global batch, and bert-base throughput."""
+    """accelerate launch on 2 GPUs against 1 GPU: scratch and bert-base, each at the same global batch (same curve?),
+    bert-base also at 32 per GPU (scaling), with and without CUDA graphs."""
     launch2 = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no"]
-    runs = {
-        "scratch_1gpu_b16": package_run("s1", ["--preset", "scratch", "--batch-size", "16", "--no-cuda-graphs"], args.data_dir),
-        "scratch_2gpu_b8x2": package_run("s2", ["--preset", "scratch"], args.data_dir, launcher=launch2),
-    }
     folder = bert_base_folder(args.bert_config)
-    bert = ["--preset", "finetune", "--pretrained", folder, "--epochs", "1", "--batch-size", "32",
-            "--max-train-blocks", str(64 * 150), "--max-eval-blocks", "256", "--log-every", "25"]
-    runs["bert_base_1gpu_b32"] = package_run("b1", bert, args.data_dir)
-    runs["bert_base_1gpu_b32_eager"] = package_run("b1e", bert + ["--no-cuda-graphs"], args.data_dir)
-    runs["bert_base_2gpu_b32x2"] = package_run("b2", bert, args.data_dir, launcher=launch2)
+    bert = ["--preset", "finetune", "--pretrained", folder, "--epochs", "1", "--max-train-blocks", str(64 * 150),
+            "--max-eval-blocks", "256", "--log-every", "25", "--eval-every", "50"]
+    plans = {
+        "scratch_1gpu_b16": (["--preset", "scratch", "--batch-size", "16"], None),
+        "scratch_2gpu_b8x2": (["--preset", "scratch"], launch2),
+        "bert_base_1gpu_b32": (bert + ["--batch-size", "32"], None),
+        "bert_base_1gpu_b64": (bert + ["--batch-size", "64"], None),
+        "bert_base_2gpu_b32x2": (bert + ["--batch-size", "32"], launch2),
+        "bert_base_2gpu_b32x2_eager": (bert + ["--batch-size", "32", "--no-cuda-graphs"], launch2),
+    }
+    runs = {}
+    for name, (flags, launcher) in plans.items():
+        if args.only and name not in args.only:
+            continue
+        try:
+            runs[name] = package_run(name, flags, args.data_dir, launcher=launcher)
+        except (RuntimeError, subprocess.TimeoutExpired) as error:  # one failed run must not lose the others' figures
+            runs[name] = {"error": str(error)[-2000:]}
+        print(name, json.dumps(runs[name])[:300], flush=True)
     return runs
 
 

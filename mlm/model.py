@@ -72,8 +72,7 @@ class MaskedLMObjective(nn.Module):
     In this small model the output layer is three quarters of all arithmetic, and only ~15% of positions carry a
     label. Gathering a fixed number (`max_predictions`) of positions, masked ones first, keeps every shape static,
     so the step can be compiled or captured as a CUDA graph; padding positions carry IGNORE_INDEX and drop out of
-    the mean. The result equals `BertForMaskedLM(...).loss` on the same batch. Wrapping it as a module lets DDP see
-    one forward.
+    the mean. The result equals `BertForMaskedLM(...).loss` on the same batch.
     """
 
     def __init__(self, model, max_predictions: int):

@@ -2,8 +2,9 @@
 
 The from-scratch model is so small that an H100 finishes each kernel in microseconds; the original loop spent its
 time launching kernels and waiting on `.item()`. Here everything, masking included, stays on the device, and on a
-single GPU the whole step is captured once as a CUDA graph and replayed: one launch per step instead of hundreds.
-Elsewhere (CPU, several processes through DDP, fp16 with its loss scaler) the same step runs eagerly.
+GPU the whole step is captured once as a CUDA graph and replayed: one launch per step instead of hundreds. With
+several processes the step averages gradients itself (`GradientAverager`), so the all-reduce is captured too.
+Elsewhere (CPU, fp16 with its loss scaler) the same step runs eagerly.
 """
 
 from __future__ import annotations
@@ -40,16 +41,46 @@ def linear_schedule(step: int, total_steps: int, warmup_steps: int) -> float:
     return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
+class GradientAverager:
+    """Averages gradients over processes with one all-reduce of a flat buffer, between backward and clipping.
+
+    It stands in for DDP: DDP's bucket hooks keep host-side state that a replayed CUDA graph never updates, while a
+    single explicit all-reduce captures cleanly (NCCL supports capture) and runs the same on CPU (gloo). With a tiny
+    model the lost overlap of communication and backward costs little; one launch per step saves far more.
+    """
+
+    def __init__(self, parameters: list[torch.Tensor], world_size: int):
+        self.parameters = parameters
+        self.world_size = world_size
+
+    @staticmethod
+    def broadcast_from_first(module: nn.Module) -> None:
+        """Make every process start from process 0's weights (DDP did this at construction)."""
+        with torch.no_grad():
+            for tensor in [*module.parameters(), *module.buffers()]:
+                torch.distributed.broadcast(tensor, src=0)
+
+    def __call__(self) -> None:
+        grads = [p.grad for p in self.parameters if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)  # a sum: gloo has no average
+        flat.div_(self.world_size)
+        # one multi-tensor copy back (the kernel torch's own optimizers use), not a launch per parameter
+        torch._foreach_copy_(grads, [part.view_as(g) for part, g in zip(flat.split([g.numel() for g in grads]), grads)])
+
+
 class TrainStep:
     """Call with a batch of token blocks (on the device); returns the loss as a device tensor (no sync)."""
 
-    def __init__(self, objective, optimizer, spec: MaskingSpec, max_grad_norm: float, autocast_dtype, accelerator):
+    def __init__(self, objective, optimizer, spec: MaskingSpec, max_grad_norm: float, autocast_dtype, accelerator,
+                 average_gradients: GradientAverager | None = None):
         self.objective = objective
         self.optimizer = optimizer
         self.spec = spec
         self.max_grad_norm = max_grad_norm
         self.autocast_dtype = autocast_dtype
         self.accelerator = accelerator
+        self.average_gradients = average_gradients
         self.parameters = [p for group in optimizer.param_groups for p in group["params"]]
 
     def autocast(self):
@@ -63,6 +94,8 @@ class TrainStep:
         with self.autocast():
             loss = self.objective(inputs, labels)
         self.accelerator.backward(loss)
+        if self.average_gradients:
+            self.average_gradients()
         if self.max_grad_norm:
             self.accelerator.clip_grad_norm_(self.parameters, self.max_grad_norm)
         self.optimizer.step()
@@ -72,11 +105,15 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         return self.run(block_ids)
 
+    def close(self) -> None:
+        """Release what the step holds (nothing here)."""
+
 
 class GraphedTrainStep(TrainStep):
-    """The same step captured as one CUDA graph (single GPU, bf16 or fp32).
+    """The same step captured as one CUDA graph (bf16 or fp32; with several processes, the all-reduce included).
 
-    Capture needs a few eager warm-up steps (to create cuBLAS handles, optimizer state and the allocator's pools);
+    Capture needs a few eager warm-up steps (to create cuBLAS handles, NCCL communicators, optimizer state and the
+    allocator's pools);
     they would change the model, so parameters and optimizer state (fresh, or loaded for a resume) are restored
     afterwards, in place, keeping the addresses the graph will use. Random numbers (masks, dropout) advance at every replay as in eager mode.
     """
@@ -109,3 +146,9 @@ class GraphedTrainStep(TrainStep):
         self.static_batch.copy_(block_ids)
         self.graph.replay()
         return self.static_loss
+
+    def close(self) -> None:
+        """Free the graph. With several processes it holds NCCL work, and must go before the communicators do:
+        tearing them down under a live graph hangs the process at exit."""
+        torch.cuda.synchronize()
+        self.graph.reset()

@@ -6,7 +6,8 @@
 The loop is written for speed on a tiny model (see mlm/step.py): the token blocks live on the device, masking
 happens there, the host reads the loss only every `log_every` steps, and on one GPU each step is one CUDA graph
 replay. Several processes split every global batch (so `--batch-size` is per device and the global batch is
-batch_size x processes), average gradients through DDP and sum their evaluation counts.
+batch_size x processes), average their gradients with one all-reduce per step (captured in the graph too) and sum
+their evaluation counts.
 
 Bad input exits with status 2 and one line on stderr. SIGINT/SIGTERM (or --max-minutes) finish the current step,
 write a resumable checkpoint and exit 0; `--resume DIR` continues from its step.
@@ -33,7 +34,7 @@ from mlm.model import (
     MaskedLMObjective, add_lora, bert_for_masked_lm, load_lora_weights, parameter_count, pretrained_model,
     save_model, scratch_model,
 )
-from mlm.step import GraphedTrainStep, TrainStep, build_optimizer, linear_schedule, set_learning_rate
+from mlm.step import GradientAverager, GraphedTrainStep, TrainStep, build_optimizer, linear_schedule, set_learning_rate
 
 
 # Below this many tokens per step a GPU step is bound by kernel count, and bf16's extra cast kernels cost more
@@ -49,7 +50,7 @@ def autocast_dtype(mixed_precision: str, device: torch.device, batch_tokens: int
             return torch.bfloat16 if torch.cuda.is_bf16_supported() and batch_tokens >= BF16_MIN_BATCH_TOKENS else None
         amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
         return torch.bfloat16 if device.type == "cpu" and amx else None
-    return torch.bfloat16 if mixed_precision == "bf16" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
 
 
 def machine_name(device: torch.device, processes: int) -> str:
@@ -123,13 +124,15 @@ class Trainer:
             self.start_step = ckpt.load_training_state(self.run_dir, self.optimizer)["step"]
         if config.compile:
             objective = torch.compile(objective)
-        objective = accelerator.prepare(objective)  # DDP across processes; a no-op wrapper on one
         if config.mixed_precision == "fp16":
-            self.optimizer = accelerator.prepare(self.optimizer)  # adds the loss scaler
-        self.autocast = None if config.mixed_precision == "fp16" else autocast_dtype(config.mixed_precision, self.device, batch_tokens)
-        step_args = (objective, self.optimizer, self.spec, config.max_grad_norm, self.autocast, accelerator)
-        use_graphs = (config.cuda_graphs and self.device.type == "cuda" and world == 1
-                      and config.mixed_precision != "fp16")
+            self.optimizer = accelerator.prepare(self.optimizer)  # adds the loss scaler (accelerator.backward scales)
+        self.autocast = autocast_dtype(config.mixed_precision, self.device, batch_tokens)
+        average = None
+        if world > 1:
+            GradientAverager.broadcast_from_first(self.model)
+            average = GradientAverager([p for g in self.optimizer.param_groups for p in g["params"]], world)
+        step_args = (objective, self.optimizer, self.spec, config.max_grad_norm, self.autocast, accelerator, average)
+        use_graphs = config.cuda_graphs and self.device.type == "cuda" and config.mixed_precision != "fp16"
         self.step_fn = (GraphedTrainStep(*step_args, example_batch=self.train_blocks[: config.batch_size])
                         if use_graphs else TrainStep(*step_args))
 
@@ -215,7 +218,10 @@ class Trainer:
         if self.is_main:
             state = "finished" if step >= self.total_steps else f"stopped ({self.stop_reason}); resume with --resume {self.run_dir}"
             print(f"{state} at step {step}; checkpoint in {self.run_dir}", file=sys.stderr)
+        self.step_fn.close()
         self.accelerator.end_training()
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
         return 0
 
     # ------------------------------------------------------------------------------------------------------------
@@ -290,7 +296,17 @@ class Trainer:
             for name, parameter in self.trainable_state().items():
                 parameter.copy_(last[name])
 
+    def check_replicas_agree(self) -> None:
+        """Every process must hold the same weights; if not, gradient averaging is broken and the run is wrong."""
+        if self.accelerator.num_processes == 1:
+            return
+        checksums = torch.stack([p.detach().double().sum() for p in self.trainable_state().values()])
+        spread = self.accelerator.reduce(checksums, "max") + self.accelerator.reduce(-checksums, "max")
+        if spread.abs().max().item() > 0:
+            raise RuntimeError(f"the {self.accelerator.num_processes} processes' weights differ: gradient averaging failed")
+
     def save(self, step: int) -> None:
+        self.check_replicas_agree()
         self.accelerator.wait_for_everyone()
         self.save_best()
         if self.is_main:

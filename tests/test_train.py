@@ -77,6 +77,21 @@ def test_sigterm_writes_a_resumable_checkpoint_and_resume_continues(tmp_path):
     assert final["finished"] and final["step"] == final["total_steps"] == 20
 
 
+def test_two_processes_split_the_batch_and_stay_in_step(tmp_path):
+    """Two CPU processes (gloo) through torchrun: the global batch doubles, and the run's closing check that every
+    process holds the same weights (which fails without the gradient all-reduce) passes."""
+    run_dir = tmp_path / "two"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "mlm.train",
+               "--preset", "scratch", "--data-dir", str(WIKITEXT_DIR), "--output-dir", str(run_dir),
+               "--max-train-blocks", "96", "--max-eval-blocks", "32", "--epochs", "2", "--log-every", "2"]
+    done = subprocess.run(command, cwd=REPO, env={**OFFLINE_ENV, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "12 steps of 16" in done.stderr  # 96 blocks / (8 per process x 2 processes) x 2 epochs
+    valid = [m for m in read_metrics(run_dir) if m["split"] == "valid"]
+    assert [m["step"] for m in valid] == [0, 6, 12] and valid[-1]["loss"] < valid[0]["loss"]
+
+
 def test_resume_restores_the_optimizer_state(trained_run, tmp_path):
     from mlm.checkpoint import load_training_state
     from mlm.model import pretrained_model
