@@ -42,26 +42,31 @@ def guesses_chart(answer: dict) -> go.Figure:
     return figure
 
 
-def curves(runs: dict[str, list[dict]]) -> tuple[go.Figure, go.Figure]:
-    """(loss figure, validation perplexity figure) for several runs overlaid, against the training step."""
+X_AXES = ("step", "epoch")  # epochs put runs with different batch sizes (steps of different sizes) side by side
+
+
+def curves(runs: dict[str, list[dict]], x_axis: str = "step") -> tuple[go.Figure, go.Figure]:
+    """(loss figure, validation perplexity figure) for several runs overlaid, against the step or the epoch."""
+    if x_axis not in X_AXES:
+        raise ValueError(f"x_axis must be one of {X_AXES}, got {x_axis!r}")
     loss, perplexity = go.Figure(), go.Figure()
     for number, (name, records) in enumerate(runs.items()):
         label, colour = html.escape(name), RUN_COLOURS[number % len(RUN_COLOURS)]  # one colour per run
         train = [r for r in records if r.get("split") == "train"]
         valid = [r for r in records if r.get("split") == "valid"]
-        loss.add_trace(go.Scatter(x=[r["step"] for r in train], y=[r["loss"] for r in train], mode="lines",
+        loss.add_trace(go.Scatter(x=[r[x_axis] for r in train], y=[r["loss"] for r in train], mode="lines",
                                   name=f"{label}: train", legendgroup=label, line=dict(color=colour)))
-        loss.add_trace(go.Scatter(x=[r["step"] for r in valid], y=[r["loss"] for r in valid], mode="lines+markers",
+        loss.add_trace(go.Scatter(x=[r[x_axis] for r in valid], y=[r["loss"] for r in valid], mode="lines+markers",
                                   name=f"{label}: validation", legendgroup=label, line=dict(color=colour, dash="dot")))
-        perplexity.add_trace(go.Scatter(x=[r["step"] for r in valid], y=[r["perplexity"] for r in valid],
+        perplexity.add_trace(go.Scatter(x=[r[x_axis] for r in valid], y=[r["perplexity"] for r in valid],
                                         mode="lines+markers", name=label, line=dict(color=colour)))
     loss.add_hline(y=UNIFORM_GUESS_LOSS, line_dash="dash", line_color="grey",
                    annotation_text=f"uniform guess: ln(30522) ≈ {UNIFORM_GUESS_LOSS:.2f}")
     loss.add_hline(y=REPORT_LOSS, line_dash="dash", line_color="firebrick",
                    annotation_text=f"original report: {REPORT_LOSS}")
-    loss.update_layout(title="Loss (cross-entropy at masked tokens)", xaxis_title="step", yaxis_title="loss",
+    loss.update_layout(title="Loss (cross-entropy at masked tokens)", xaxis_title=x_axis, yaxis_title="loss",
                        height=420, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2))
-    perplexity.update_layout(title="Validation perplexity", xaxis_title="step", yaxis_title="perplexity (log)",
+    perplexity.update_layout(title="Validation perplexity", xaxis_title=x_axis, yaxis_title="perplexity (log)",
                              yaxis_type="log", height=360, margin=dict(l=10, r=10, t=40, b=10))
     return loss, perplexity
 

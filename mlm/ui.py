@@ -169,11 +169,11 @@ class DemoApp:
     def run_names(self) -> list[str]:
         return list(self.registry.run_folders())
 
-    def curves(self, selected: list[str] | None):
-        """(loss figure, perplexity figure, CSV path) for the selected runs."""
+    def curves(self, selected: list[str] | None, x_axis: str = "step"):
+        """(loss figure, perplexity figure, CSV path) for the selected runs, against the step or the epoch."""
         folders = self.registry.run_folders()
         runs = {name: read_metrics(folders[name]) for name in selected or [] if name in folders}
-        loss, perplexity = plots.curves(runs)
+        loss, perplexity = plots.curves(runs, x_axis if x_axis in plots.X_AXES else "step")
         # One file per selection: pages showing other runs never overwrite each other's download.
         selection = hashlib.sha1("\n".join(runs).encode()).hexdigest()[:12]
         return loss, perplexity, str(plots.write_metrics_csv(runs, self.csv_dir / f"metrics-{selection}.csv"))
@@ -187,7 +187,7 @@ class DemoApp:
         metrics = tuple((name, (folder / METRICS_FILE).stat().st_mtime_ns) for name, folder in folders.items())
         return self.training_status(), metrics, tuple(self.registry.names())
 
-    def tick(self, selected: list[str] | None, last: tuple):
+    def tick(self, selected: list[str] | None, x_axis: str, last: tuple):
         """Refresh what changed since this page's last snapshot (status, curves, pickers), and nothing else: an
         update to a dropdown would close it under a student's cursor."""
         now = self.snapshot()
@@ -197,7 +197,7 @@ class DemoApp:
         if metrics != last_metrics:
             runs, seen = [name for name, _ in metrics], dict(last_metrics)
             selected = list(dict.fromkeys((selected or []) + [r for r in runs if r not in seen]))  # plot new runs
-            curves = (*self.curves(selected), gr.update(choices=runs, value=selected))
+            curves = (*self.curves(selected, x_axis), gr.update(choices=runs, value=selected))
         else:
             curves = (gr.skip(),) * 4
         pickers = gr.update(choices=list(names)) if names != last_names else gr.skip()
@@ -292,16 +292,19 @@ def build_demo(app: DemoApp) -> gr.Blocks:
 
         with gr.Tab("Curves"):
             runs = app.run_names()
-            run_picker = gr.Dropdown(runs, value=runs, multiselect=True, label="Runs")
+            with gr.Row():
+                run_picker = gr.Dropdown(runs, value=runs, multiselect=True, label="Runs", scale=4)
+                x_axis = gr.Radio(list(plots.X_AXES), value="step", label="x axis", scale=1,
+                                  info="epochs compare runs with different batch sizes")
             loss_plot = gr.Plot(label="Loss")
             perplexity_plot = gr.Plot(label="Perplexity")
             csv = gr.DownloadButton("Download the metrics (CSV)")
-            run_picker.change(app.curves, run_picker, [loss_plot, perplexity_plot, csv], api_visibility="private")
-            demo.load(app.curves, run_picker, [loss_plot, perplexity_plot, csv], api_visibility="private")
+            for trigger in (run_picker.change, x_axis.change, demo.load):
+                trigger(app.curves, [run_picker, x_axis], [loss_plot, perplexity_plot, csv], api_visibility="private")
 
         last_seen = gr.State(app.snapshot())  # what a new page shows: the timer sends only what changes after
         gr.Timer(TICK_SECONDS).tick(
-            app.tick, [run_picker, last_seen],
+            app.tick, [run_picker, x_axis, last_seen],
             [status, loss_plot, perplexity_plot, csv, run_picker, left, right, start, last_seen],
             api_visibility="private", concurrency_limit=None, show_progress="hidden",
         )

@@ -48,7 +48,7 @@ class Page:
         """Call the timer handler as the page would, until `done(shown)` holds."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            *outputs, self.last = self.app.tick(self.selected, self.last)
+            *outputs, self.last = self.app.tick(self.selected, "step", self.last)
             for name, output in zip(self.OUTPUTS, outputs):
                 if output != gr.skip():  # a skip leaves the component as it was
                     self.shown[name] = output
@@ -148,6 +148,10 @@ def test_curves_overlay_runs_with_reference_lines_and_a_csv(app_project, tmp_pat
     assert {t.name for t in loss.data} == {f"{n}: {s}" for n in names[:2] for s in ("train", "validation")}
     assert sorted(round(shape.y0, 2) for shape in loss.layout.shapes) == [6.48, 10.33]
     assert len(perplexity.data) == 2
+    by_epoch, _, _ = app.curves(names[:2], "epoch")
+    assert by_epoch.layout.xaxis.title.text == "epoch" and loss.layout.xaxis.title.text == "step"
+    for per_step, per_epoch in zip(loss.data, by_epoch.data):  # the same points, placed by epoch
+        assert list(per_step.y) == list(per_epoch.y) and max(per_epoch.x) == 1.0 < max(per_step.x)  # 1-epoch runs
     lines = open(csv_path).read().splitlines()
     assert lines[0].startswith("run,step,epoch,split,loss,perplexity")
     assert len(lines) > 4 and all(line.split(",")[0] in names for line in lines[1:])
