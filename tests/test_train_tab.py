@@ -188,3 +188,24 @@ def test_a_run_stopped_under_accelerate_launch_counts_as_stopped_not_failed(tmp_
     status = run_status(tmp_path, exit_code=1, stop_requested=True)
     assert (status.state, status.step, status.total_steps, status.eta_s) == ("stopped", 10, 20, None)
     assert run_status(tmp_path, exit_code=1).state == "failed"  # not asked to stop: a real failure
+
+
+def test_stop_from_the_app_reaches_every_process_of_a_multi_process_run(local_app, monkeypatch):
+    """What Stop does on a several-GPU machine, with two CPU processes under torchrun (the launcher accelerate
+    launch uses): SIGTERM to the launcher reaches both workers, they agree on the step, save, and the app says
+    "stopped" although the launcher itself exits non-zero."""
+    app = local_app
+    monkeypatch.setattr("mlm.runs.launcher",
+                        lambda: [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m"])
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")  # gloo on the CPU
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert app.start_training(**START_FORM).startswith("Started **scratch-")
+    page = Page(app)
+    shown = page.tick_until(lambda s: "running" in (s["status"] or "") and train_points(s, app.jobs.run_dir.name) > 0)
+    assert " / 250 |" in shown["status"]  # 4,000 blocks in batches of 8 x 2 processes
+    assert "Stopping" in app.stop_training()
+    app.jobs.wait(120)
+    shown = page.tick_until(lambda s: "stopped" in s["status"], timeout_s=30)
+    assert "resumable checkpoint" in shown["status"]
+    state = json.loads((app.jobs.run_dir / "training_state" / "state.json").read_text())
+    assert 0 < state["step"] < state["total_steps"] == 250 and not state["finished"]
