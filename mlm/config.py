@@ -41,7 +41,7 @@ class TrainConfig:
     seed: int = 42
     # execution
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16
-    cuda_graphs: bool = True  # capture the whole step on one GPU (ignored elsewhere)
+    cuda_graphs: bool = True  # capture the whole step on each GPU (ignored on CPU and with fp16)
     compile: bool = False  # torch.compile the model: fuses element-wise kernels, costs compile time at start
     eval_every: int | None = None  # steps; evaluation also runs after every epoch
     log_every: int = 50

@@ -4,7 +4,7 @@
     accelerate launch --num_processes 2 -m mlm.train --preset fast --data-dir ... --output-dir ...
 
 The loop is written for speed on a tiny model (see mlm/step.py): the token blocks live on the device, masking
-happens there, the host reads the loss only every `log_every` steps, and on one GPU each step is one CUDA graph
+happens there, the host reads the loss only every `log_every` steps, and on each GPU a step is one CUDA graph
 replay. Several processes split every global batch (so `--batch-size` is per device and the global batch is
 batch_size x processes), average their gradients with one all-reduce per step (captured in the graph too) and sum
 their evaluation counts.
