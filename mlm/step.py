@@ -113,9 +113,9 @@ class GraphedTrainStep(TrainStep):
     """The same step captured as one CUDA graph (bf16 or fp32; with several processes, the all-reduce included).
 
     Capture needs a few eager warm-up steps (to create cuBLAS handles, NCCL communicators, optimizer state and the
-    allocator's pools);
-    they would change the model, so parameters and optimizer state (fresh, or loaded for a resume) are restored
-    afterwards, in place, keeping the addresses the graph will use. Random numbers (masks, dropout) advance at every replay as in eager mode.
+    allocator's pools); they would change the model, so parameters and optimizer state (fresh, or loaded for a
+    resume) are restored afterwards, in place, keeping the addresses the graph will use. Random numbers (masks,
+    dropout) advance at every replay as in eager mode.
     """
 
     WARMUP_STEPS = 3
