@@ -73,15 +73,15 @@ class TrainStep:
     """Call with a batch of token blocks (on the device); returns the loss as a device tensor (no sync)."""
 
     def __init__(self, objective, optimizer, spec: MaskingSpec, max_grad_norm: float, autocast_dtype, accelerator,
-                 average_gradients: GradientAverager | None = None):
+                 world_size: int = 1):
         self.objective = objective
         self.optimizer = optimizer
         self.spec = spec
         self.max_grad_norm = max_grad_norm
         self.autocast_dtype = autocast_dtype
         self.accelerator = accelerator
-        self.average_gradients = average_gradients
         self.parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        self.average_gradients = GradientAverager(self.parameters, world_size) if world_size > 1 else None
 
     def autocast(self):
         device = self.accelerator.device

@@ -88,8 +88,9 @@ class Trainer:
             data = load_mlm_data(config.data_dir, config.text_files, config.tokenizer, config.block_size,
                                  config.max_train_blocks, config.max_eval_blocks)
         self.tokenizer, self.line_counts = data.tokenizer, data.line_counts
-        if config.pretrained and offline_stand_in(config.pretrained) != config.pretrained:
-            config.pretrained = offline_stand_in(config.pretrained)
+        stand_in = offline_stand_in(config.pretrained) if config.pretrained else config.pretrained
+        if stand_in != config.pretrained:
+            config.pretrained = stand_in
             if self.is_main:
                 print(f"offline: fine-tuning the packaged MiniLM ({config.pretrained}) instead of bert-base-uncased",
                       file=sys.stderr)
@@ -127,11 +128,9 @@ class Trainer:
         if config.mixed_precision == "fp16":
             self.optimizer = accelerator.prepare(self.optimizer)  # adds the loss scaler (accelerator.backward scales)
         self.autocast = autocast_dtype(config.mixed_precision, self.device, batch_tokens)
-        average = None
         if world > 1:
             GradientAverager.broadcast_from_first(self.model)
-            average = GradientAverager([p for g in self.optimizer.param_groups for p in g["params"]], world)
-        step_args = (objective, self.optimizer, self.spec, config.max_grad_norm, self.autocast, accelerator, average)
+        step_args = (objective, self.optimizer, self.spec, config.max_grad_norm, self.autocast, accelerator, world)
         use_graphs = config.cuda_graphs and self.device.type == "cuda" and config.mixed_precision != "fp16"
         self.step_fn = (GraphedTrainStep(*step_args, example_batch=self.train_blocks[: config.batch_size])
                         if use_graphs else TrainStep(*step_args))
@@ -218,10 +217,8 @@ class Trainer:
         if self.is_main:
             state = "finished" if step >= self.total_steps else f"stopped ({self.stop_reason}); resume with --resume {self.run_dir}"
             print(f"{state} at step {step}; checkpoint in {self.run_dir}", file=sys.stderr)
-        self.step_fn.close()
+        self.step_fn.close()  # before end_training tears down the process group (see GraphedTrainStep.close)
         self.accelerator.end_training()
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
         return 0
 
     # ------------------------------------------------------------------------------------------------------------

@@ -173,7 +173,7 @@ class DemoApp:
         """(loss figure, perplexity figure, CSV path) for the selected runs, against the step or the epoch."""
         folders = self.registry.run_folders()
         runs = {name: read_metrics(folders[name]) for name in selected or [] if name in folders}
-        loss, perplexity = plots.curves(runs, x_axis if x_axis in plots.X_AXES else "step")
+        loss, perplexity = plots.curves(runs, x_axis)
         # One file per selection: pages showing other runs never overwrite each other's download.
         selection = hashlib.sha1("\n".join(runs).encode()).hexdigest()[:12]
         return loss, perplexity, str(plots.write_metrics_csv(runs, self.csv_dir / f"metrics-{selection}.csv"))
