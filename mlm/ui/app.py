@@ -1,0 +1,85 @@
+"""The whole page: `DemoApp` (shared state plus every tab's handlers) and `build_demo` (tabs, timer, API).
+
+Each tab is a module of its own (mlm/ui/*_tab.py) with a handler mixin and a `build` function that lays it out;
+this module only composes them. Handlers are plain methods, so tests call them directly. User text is only ever
+shown through components that display text as text (Textbox, HighlightedText, Dataframe); Markdown gets nothing
+from the user that is not HTML-escaped first.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+
+from mlm.checkpoint import METRICS_FILE
+from mlm.predict import ModelRegistry
+from mlm.runs import PROJECT_DIR, TrainingJobs
+from mlm.ui import compare_tab, curves_tab, train_tab
+from mlm.ui.common import training_allowed
+
+TICK_SECONDS = 2.0
+
+
+class DemoApp(compare_tab.CompareHandlers, train_tab.TrainHandlers, curves_tab.CurvesHandlers):
+    """The app's state: one model registry, one training-job slot; the tabs' handlers come from the mixins."""
+
+    def __init__(self, checkpoints_dir: str | Path = PROJECT_DIR / "checkpoints"):
+        self.checkpoints_dir = Path(checkpoints_dir)
+        self.registry = ModelRegistry(self.checkpoints_dir)
+        self.jobs = TrainingJobs(self.checkpoints_dir)
+        self.csv_dir = Path(tempfile.mkdtemp(prefix="mlm-metrics-"))
+
+    # ------------------------------------------------------------------------------------------------------------
+    # The timer: everything that changes while a run trains
+
+    def snapshot(self) -> tuple:
+        """Changes whenever the status, the curves or the offered models would: lets a tick skip idle refreshes."""
+        folders = self.registry.run_folders()
+        metrics = tuple((name, (folder / METRICS_FILE).stat().st_mtime_ns) for name, folder in folders.items())
+        return self.training_status(), metrics, tuple(self.registry.names())
+
+    def tick(self, selected: list[str] | None, x_axis: str, last: tuple):
+        """Refresh what changed since this page's last snapshot (status, curves, pickers), and nothing else: an
+        update to a dropdown would close it under a student's cursor."""
+        now = self.snapshot()
+        if now == last:
+            return (gr.skip(),) * 8 + (last,)
+        (status, metrics, names), (last_status, last_metrics, last_names) = now, last
+        if metrics != last_metrics:
+            runs, seen = [name for name, _ in metrics], dict(last_metrics)
+            selected = list(dict.fromkeys((selected or []) + [r for r in runs if r not in seen]))  # plot new runs
+            curves = (*self.curves(selected, x_axis), gr.update(choices=runs, value=selected))
+        else:
+            curves = (gr.skip(),) * 4
+        pickers = gr.update(choices=list(names)) if names != last_names else gr.skip()
+        if status != last_status:
+            status_outputs = (status, gr.update(interactive=training_allowed() and not self.jobs.running()))
+        else:
+            status_outputs = (gr.skip(), gr.skip())
+        return (status_outputs[0], *curves, pickers, pickers, status_outputs[1], now)
+
+
+def build_demo(app: DemoApp) -> gr.Blocks:
+    with gr.Blocks(title="Masked language models: compare, train, plot") as demo:
+        gr.Markdown("# Masked language models\nType a sentence with `[MASK]` where a word is missing and compare "
+                    "what two BERT models guess.")
+        with gr.Tab("Compare"):
+            compare = compare_tab.build(app, demo)
+        with gr.Tab("Train"):
+            train = train_tab.build(app)
+        with gr.Tab("Curves"):
+            curves = curves_tab.build(app, demo)
+
+        last_seen = gr.State(app.snapshot())  # what a new page shows: the timer sends only what changes after
+        gr.Timer(TICK_SECONDS).tick(
+            app.tick, [curves["run_picker"], curves["x_axis"], last_seen],
+            [train["status"], curves["loss_plot"], curves["perplexity_plot"], curves["csv"], curves["run_picker"],
+             compare["left"], compare["right"], train["start"], last_seen],
+            api_visibility="private", concurrency_limit=None, show_progress="hidden",
+        )
+
+        gr.api(app.registry.fill_mask, api_name="fill_mask", concurrency_id="inference")
+        gr.api(app.registry.names, api_name="list_models", concurrency_limit=None)
+    return demo
