@@ -38,18 +38,35 @@ def normalise_masks(text: str) -> str:
     return MASK_SPELLINGS.sub(MASK, text)
 
 
+def check_sentence(text: str, empty_message: str = "Type a sentence first.") -> str:
+    """Any text a model reads (with or without [MASK]), stripped and with its masks normalised, or UserError.
+    The one place for checks every view shares, so fill_mask and the Explain views refuse the same input."""
+    if not isinstance(text, str) or not text.strip():
+        raise UserError(empty_message)
+    return normalise_masks(text.strip())
+
+
 def check_text(text: str, top_k) -> str:
     """The text with its masks normalised, or UserError with a short message for the student."""
-    if not isinstance(text, str) or not text.strip():
-        raise UserError("Type a sentence first, with [MASK] where a word is missing.")
-    text = normalise_masks(text.strip())
+    text = check_masked(text)
+    check_top_k(top_k)
+    return text
+
+
+def check_top_k(top_k) -> int:
+    if not isinstance(top_k, (int, float)) or top_k != int(top_k) or not 1 <= top_k <= MAX_TOP_K:
+        raise UserError(f"Top-k must be a whole number from 1 to {MAX_TOP_K}.")
+    return int(top_k)
+
+
+def check_masked(text: str) -> str:
+    """A sentence with 1 to MAX_MASKS masks (normalised), or UserError."""
+    text = check_sentence(text, "Type a sentence first, with [MASK] where a word is missing.")
     masks = text.count(MASK)
     if masks == 0:
         raise UserError("Your sentence has no [MASK]: put [MASK] where the model should guess a word.")
     if masks > MAX_MASKS:
         raise UserError(f"Use at most {MAX_MASKS} [MASK]s at a time (this text has {masks}).")
-    if not isinstance(top_k, (int, float)) or top_k != int(top_k) or not 1 <= top_k <= MAX_TOP_K:
-        raise UserError(f"Top-k must be a whole number from 1 to {MAX_TOP_K}.")
     return text
 
 
@@ -167,11 +184,8 @@ class ModelRegistry:
     def predict(self, name: str, text: str, top_k: int) -> dict:
         """One model's answer for an already checked text (see `check_text`)."""
         model, tokenizer = self.load(name)
-        encoded = tokenizer(text, return_tensors="pt")
+        encoded = encode(model, tokenizer, text)
         input_ids = encoded["input_ids"]
-        limit = model.config.max_position_embeddings
-        if input_ids.shape[1] > limit:
-            raise UserError(f"The text is too long: {input_ids.shape[1]} tokens, this model reads at most {limit}.")
         positions = (input_ids[0] == tokenizer.mask_token_id).nonzero().squeeze(1)
         with torch.inference_mode():
             hidden = model.base_model(**encoded).last_hidden_state[0, positions]
@@ -188,12 +202,7 @@ class ModelRegistry:
 
     def answer(self, name: str, text: str, top_k) -> dict:
         """One side of the comparison: predictions, or the reason there are none (never an exception)."""
-        try:
-            return self.predict(name, check_text(text, top_k), top_k)
-        except UserError as error:
-            return {"model": name, "error": str(error)}
-        except Exception as error:  # noqa: BLE001 - a model that fails in any other way errors only its own column
-            return {"model": name, "error": f"The model '{name}' failed: {type(error).__name__}: {error}"}
+        return one_side(name, lambda: self.predict(name, check_text(text, top_k), top_k))
 
     def fill_mask(self, text: str, top_k: int, left_model: str, right_model: str) -> dict:
         """Both models' top-k guesses for every [MASK] of `text`: {"left": answer, "right": answer}."""
@@ -220,6 +229,27 @@ class ModelRegistry:
             "valid_loss": valid[-1]["loss"] if valid else None,
             "perplexity": valid[-1]["perplexity"] if valid else None,
         }
+
+
+def encode(model, tokenizer, text: str, limit: int | None = None) -> dict:
+    """The model's inputs for a checked text, or UserError when it has more tokens than the model (or `limit`) reads."""
+    encoded = tokenizer(text, return_tensors="pt")
+    tokens, model_limit = encoded["input_ids"].shape[1], model.config.max_position_embeddings
+    if tokens > model_limit:
+        raise UserError(f"The text is too long: {tokens} tokens, this model reads at most {model_limit}.")
+    if limit is not None and tokens > limit:
+        raise UserError(f"The text is too long: {tokens} tokens, this view reads at most {limit}.")
+    return encoded
+
+
+def one_side(name: str, compute) -> dict:
+    """`compute()`, or {"model", "error"}: one model's column never raises, whatever goes wrong."""
+    try:
+        return compute()
+    except UserError as error:
+        return {"model": name, "error": str(error)}
+    except Exception as error:  # noqa: BLE001 - a model that fails in any other way errors only its own column
+        return {"model": name, "error": f"The model '{name}' failed: {type(error).__name__}: {error}"}
 
 
 def fill_in(text: str, guesses: list[str]) -> str:
