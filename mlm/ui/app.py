@@ -16,13 +16,14 @@ import gradio as gr
 from mlm.checkpoint import METRICS_FILE
 from mlm.predict import ModelRegistry
 from mlm.runs import PROJECT_DIR, TrainingJobs
-from mlm.ui import compare_tab, curves_tab, train_tab
+from mlm.ui import compare_tab, curves_tab, explain_tab, train_tab
 from mlm.ui.common import training_allowed
 
 TICK_SECONDS = 2.0
 
 
-class DemoApp(compare_tab.CompareHandlers, train_tab.TrainHandlers, curves_tab.CurvesHandlers):
+class DemoApp(compare_tab.CompareHandlers, train_tab.TrainHandlers, curves_tab.CurvesHandlers,
+              explain_tab.ExplainHandlers):
     """The app's state: one model registry, one training-job slot; the tabs' handlers come from the mixins."""
 
     def __init__(self, checkpoints_dir: str | Path = PROJECT_DIR / "checkpoints"):
@@ -71,6 +72,8 @@ def build_demo(app: DemoApp) -> gr.Blocks:
             train = train_tab.build(app)
         with gr.Tab("Curves"):
             curves = curves_tab.build(app, demo)
+        with gr.Tab("Explain") as tab:
+            explain_tab.build(app, tab)
 
         last_seen = gr.State(app.snapshot())  # what a new page shows: the timer sends only what changes after
         gr.Timer(TICK_SECONDS).tick(
@@ -82,4 +85,6 @@ def build_demo(app: DemoApp) -> gr.Blocks:
 
         gr.api(app.registry.fill_mask, api_name="fill_mask", concurrency_id="inference")
         gr.api(app.registry.names, api_name="list_models", concurrency_limit=None)
+        for name in ("score_candidates", "layer_guesses", "attention", "score_sentence", "training_view"):
+            gr.api(getattr(app.explainer, name), api_name=name, concurrency_id="inference")
     return demo
