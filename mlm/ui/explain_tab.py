@@ -181,58 +181,63 @@ def build(app, tab: gr.Tab) -> dict:
                                                          label=f"{side.title()} model", elem_id=f"explain-{side}-model")])
     model_inputs = [left, right]
 
-    gr.Markdown("## 1. Candidate scoring\nHow likely is each of your words at the mask, and where does it rank?")
-    words = gr.Textbox(WORDS, label="Words to score (comma-separated)", elem_id="explain-words")
-    candidates = side_by_side(lambda side: [
-        gr.Dataframe(headers=["mask", "word", "piece", "probability", "rank"], datatype=["number", "str", "str", "number", "number"],
-                     interactive=False, label=f"{side.title()} model", elem_id=f"{side}-candidates"),
-        gr.Markdown(elem_id=f"{side}-candidates-note")])
+    with gr.Column(elem_id="view-candidates"):
+        gr.Markdown("## 1. Candidate scoring\nHow likely is each of your words at the mask, and where does it rank?")
+        words = gr.Textbox(WORDS, label="Words to score (comma-separated)", elem_id="explain-words")
+        candidates = side_by_side(lambda side: [
+            gr.Dataframe(headers=["mask", "word", "piece", "probability", "rank"], datatype=["number", "str", "str", "number", "number"],
+                         interactive=False, label=f"{side.title()} model", elem_id=f"{side}-candidates"),
+            gr.Markdown(elem_id=f"{side}-candidates-note")])
 
-    gr.Markdown("## 2. Layer by layer\nThe top guesses read after the embeddings and after every layer.")
-    layers = side_by_side(lambda side: [gr.Plot(label=f"{side.title()} model", elem_id=f"{side}-layers"),
-                                        gr.Markdown(elem_id=f"{side}-layers-note")])
+    with gr.Column(elem_id="view-layers"):
+        gr.Markdown("## 2. Layer by layer\nThe top guesses read after the embeddings and after every layer.")
+        layers = side_by_side(lambda side: [gr.Plot(label=f"{side.title()} model", elem_id=f"{side}-layers"),
+                                            gr.Markdown(elem_id=f"{side}-layers-note")])
 
-    gr.Markdown("## 3. Attention\nWhat one token (the mask, unless you pick another) attends to, in every layer and head.")
-    source = gr.Dropdown([], label="Attention from the token", elem_id="attention-source")
-    attention_states = [gr.State(), gr.State()]
-    attention = side_by_side(lambda side: [
-        gr.Dropdown([], label="Layer", elem_id=f"{side}-attention-layer"),
-        gr.Dropdown([], label="Head", elem_id=f"{side}-attention-head"),
-        gr.Plot(label=f"{side.title()} model: every head", elem_id=f"{side}-attention"),
-        gr.Plot(label="Average over heads", elem_id=f"{side}-attention-average"),
-        gr.HighlightedText(label="The weights on the sentence", show_legend=True, elem_id=f"{side}-attention-text"),
-        gr.Markdown(elem_id=f"{side}-attention-note")])
-    pickers = [attention[0], attention[1], attention[6], attention[7]]  # each side: layer, head, then 4 outputs
-    attention_outputs = attention[2:6] + attention[8:12]
+    with gr.Column(elem_id="view-attention"):
+        gr.Markdown("## 3. Attention\nWhat one token (the mask, unless you pick another) attends to, in every layer and head.")
+        source = gr.Dropdown([], label="Attention from the token", elem_id="attention-source")
+        attention_states = [gr.State(), gr.State()]
+        attention = side_by_side(lambda side: [
+            gr.Dropdown([], label="Layer", elem_id=f"{side}-attention-layer"),
+            gr.Dropdown([], label="Head", elem_id=f"{side}-attention-head"),
+            gr.Plot(label=f"{side.title()} model: every head", elem_id=f"{side}-attention"),
+            gr.Plot(label="Average over heads", elem_id=f"{side}-attention-average"),
+            gr.HighlightedText(label="The weights on the sentence", show_legend=True, elem_id=f"{side}-attention-text"),
+            gr.Markdown(elem_id=f"{side}-attention-note")])
+        pickers = [attention[0], attention[1], attention[6], attention[7]]  # each side: layer, head, then 4 outputs
+        attention_outputs = attention[2:6] + attention[8:12]
 
-    gr.Markdown("## 4. How surprising is each word\nEach token masked in turn and scored (pseudo-log-likelihood): "
-                "red cells surprised the model; the fewer bits, the more expected.")
-    with gr.Row():
-        sentence = gr.Textbox(SURPRISE_SENTENCE, label="Sentence (no [MASK])", scale=4, max_length=5000,
-                              elem_id="surprise-text")
-        score = gr.Button("Score the sentence", scale=1)
-    surprise = side_by_side(lambda side: [gr.Plot(label=f"{side.title()} model", elem_id=f"{side}-surprise"),
-                                          gr.Markdown(elem_id=f"{side}-surprise-note")])
-    gr.Markdown("**Minimal pair**: which of two sentences does each model find more likely (higher is better)?")
-    with gr.Row():
-        first = gr.Textbox(PAIR[0], label="Sentence A", max_length=5000)
-        second = gr.Textbox(PAIR[1], label="Sentence B", max_length=5000)
-        compare_pair = gr.Button("Compare the pair", scale=0)
-    pair = gr.Dataframe(headers=["model", "A: pseudo-log-likelihood", "B: pseudo-log-likelihood", "prefers"],
-                        interactive=False, elem_id="minimal-pair")
+    with gr.Column(elem_id="view-surprise"):
+        gr.Markdown("## 4. How surprising is each word\nEach token masked in turn and scored (pseudo-log-likelihood): "
+                    "red cells surprised the model; the fewer bits, the more expected.")
+        with gr.Row():
+            sentence = gr.Textbox(SURPRISE_SENTENCE, label="Sentence (no [MASK])", scale=4, max_length=5000,
+                                  elem_id="surprise-text")
+            score = gr.Button("Score the sentence", scale=1)
+        surprise = side_by_side(lambda side: [gr.Plot(label=f"{side.title()} model", elem_id=f"{side}-surprise"),
+                                              gr.Markdown(elem_id=f"{side}-surprise-note")])
+        gr.Markdown("**Minimal pair**: which of two sentences does each model find more likely (higher is better)?")
+        with gr.Row():
+            first = gr.Textbox(PAIR[0], label="Sentence A", max_length=5000)
+            second = gr.Textbox(PAIR[1], label="Sentence B", max_length=5000)
+            compare_pair = gr.Button("Compare the pair", scale=0)
+        pair = gr.Dataframe(headers=["model", "A: pseudo-log-likelihood", "B: pseudo-log-likelihood", "prefers"],
+                            interactive=False, elem_id="minimal-pair")
 
-    gr.Markdown("## 5. What the model sees in training\nEach step picks some tokens for the model to predict; of "
-                "those, 80% become `[MASK]`, 10% a random word, 10% stay. This is the training code itself.")
-    with gr.Row():
-        training_text = gr.Textbox(TRAINING_SENTENCE, label="Sentence", scale=4, max_length=5000, elem_id="training-text")
-        low, high = MASK_PROBABILITY_RANGE
-        percent = gr.Slider(100 * low, 100 * high, value=15, step=1, label="Tokens picked (%)", scale=2)
-        seed = gr.Number(0, label="Seed", precision=0, minimum=0, scale=1)
-        sample = gr.Button("New sample", scale=1)
-    training = gr.HighlightedText(label="What the model reads", show_legend=True, elem_id="training-view",
-                                  color_map=dict(zip(ROLE_LABELS.values(), ("orange", "violet", "lightgreen"))))
-    training_summary = gr.Markdown(elem_id="training-summary")
-    gr.Markdown(WHY)
+    with gr.Column(elem_id="view-training"):
+        gr.Markdown("## 5. What the model sees in training\nEach step picks some tokens for the model to predict; of "
+                    "those, 80% become `[MASK]`, 10% a random word, 10% stay. This is the training code itself.")
+        with gr.Row():
+            training_text = gr.Textbox(TRAINING_SENTENCE, label="Sentence", scale=4, max_length=5000, elem_id="training-text")
+            low, high = MASK_PROBABILITY_RANGE
+            percent = gr.Slider(100 * low, 100 * high, value=15, step=1, label="Tokens picked (%)", scale=2)
+            seed = gr.Number(0, label="Seed", precision=0, minimum=0, scale=1)
+            sample = gr.Button("New sample", scale=1)
+        training = gr.HighlightedText(label="What the model reads", show_legend=True, elem_id="training-view",
+                                      color_map=dict(zip(ROLE_LABELS.values(), ("orange", "violet", "lightgreen"))))
+        training_summary = gr.Markdown(elem_id="training-summary")
+        gr.Markdown(WHY)
 
     def wire(triggers, handler, inputs, outputs) -> list:
         return [trigger(handler, inputs, outputs, api_visibility="private", concurrency_id="inference")
