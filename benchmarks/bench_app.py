@@ -33,7 +33,8 @@ sys.path.insert(0, str(REPO))
 
 SENTENCE = "The capital of France is [MASK]."
 TOP_K = 5
-EXPLAIN_SENTENCE = "The old farmer walked slowly across the wide green field to check on the sheep before the evening rain came."
+EXPLAIN_SENTENCE = ("The old farmer walked slowly across the wide green field to check on the sheep before the "
+                    "evening rain came.")  # 20 words
 TARGETS = {"start_s": 20, "in_process_p50_ms": 40, "http_p50_ms": 150,
            "layer_guesses_p50_ms": 60, "attention_p50_ms": 60, "score_sentence_p50_ms": 150}
 

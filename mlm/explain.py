@@ -41,7 +41,7 @@ def mask_positions(tokenizer, input_ids: torch.Tensor) -> torch.Tensor:
 
 def parse_words(words) -> list[str]:
     """'paris, london' (or a list) -> ['paris', 'london']: stripped, blanks and repeats dropped."""
-    items = words if isinstance(words, (list, tuple)) else WORD_SEPARATORS.split(words if isinstance(words, str) else "")
+    items = words if isinstance(words, (list, tuple)) else WORD_SEPARATORS.split(str(words or ""))
     parsed = list(dict.fromkeys(str(w).strip() for w in items if str(w).strip()))
     if not parsed:
         raise UserError("Type one or more words to score, separated by commas.")
@@ -167,14 +167,16 @@ def corrupt(tokenizer, text: str, probability: float, seed: int) -> list[dict]:
     """The sentence as one training step would see it: `mask_tokens`, the training code itself, on its tokens."""
     input_ids = tokenizer(text, return_tensors="pt")["input_ids"]
     if input_ids.shape[1] > MAX_VIEW_TOKENS:
-        raise UserError(f"The text is too long: {input_ids.shape[1]} tokens, this view reads at most {MAX_VIEW_TOKENS}.")
+        raise UserError(f"The text is too long: {input_ids.shape[1]} tokens, this view reads at most "
+                        f"{MAX_VIEW_TOKENS}.")
     spec = MaskingSpec.from_tokenizer(tokenizer, probability)
     inputs, labels = mask_tokens(input_ids, spec, torch.Generator().manual_seed(seed))
     originals, shown = (tokenizer.convert_ids_to_tokens(ids[0].tolist()) for ids in (input_ids, inputs))
     tokens = []
     for original, seen, picked in zip(originals, shown, (labels[0] != IGNORE_INDEX).tolist()):
         # A random draw that hits the original word (1 in 30,522) is, to the model, the word kept: it says so.
-        role = None if not picked else "masked" if seen == tokenizer.mask_token else "kept" if seen == original else "random"
+        role = (None if not picked else "masked" if seen == tokenizer.mask_token else
+                "kept" if seen == original else "random")
         tokens.append({"token": original, "shown": seen, "role": role})
     return tokens
 

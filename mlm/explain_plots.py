@@ -72,7 +72,8 @@ def attention_figures(answer: dict, position: int) -> tuple[go.Figure, go.Figure
     custom = [[escape(t) for t in tokens]] * len(rows)
     every = go.Figure(go.Heatmap(z=rows, y=labels, x=list(range(len(tokens))), customdata=custom, colorscale="Viridis",
                                  zmin=0, zmax=1, hovertemplate=hover, colorbar=dict(title="weight")))
-    every.update_layout(height=max(260, 9 * len(rows) + 130), margin=dict(l=10, r=10, t=30, b=10), xaxis=token_axis(tokens),
+    every.update_layout(height=max(260, 9 * len(rows) + 130), margin=dict(l=10, r=10, t=30, b=10),
+                        xaxis=token_axis(tokens),
                         title=f"Attention from {escape(tokens[position])} (position {position}), every head")
     every.update_yaxes(autorange="reversed", dtick=1, tickfont=dict(size=8))
     averages = [[sum(values) / len(values) for values in zip(*(head[position] for head in layer))] for layer in layers]
@@ -93,7 +94,8 @@ def surprise_figure(answer: dict) -> go.Figure:
     bits = [-t["log_prob"] / math.log(2) for t in tokens]
     labels = [escape(t["token"]) for t in tokens]
     figure = go.Figure(go.Heatmap(
-        z=[bits], x=list(range(len(tokens))), y=["bits"], text=[[f"{label}<br>{b:.1f}" for label, b in zip(labels, bits)]],
+        z=[bits], x=list(range(len(tokens))), y=["bits"],
+        text=[[f"{label}<br>{b:.1f}" for label, b in zip(labels, bits)]],
         texttemplate="%{text}", colorscale="Reds", zmin=0, zmax=max(16.0, max(bits)),
         hovertemplate="%{text} bits<extra></extra>", colorbar=dict(title="bits"),
     ))

@@ -101,7 +101,8 @@ def training_spans(answer: dict) -> tuple:
         spans += [(text, ROLE_LABELS.get(token["role"])), (" ", None)]
     roles = [t["role"] for t in answer["tokens"] if t["role"]]
     words = sum(t["token"] not in ("[CLS]", "[SEP]") for t in answer["tokens"])
-    summary = (f"Seed {answer['seed']}: {len(roles)} of {words} tokens picked at {100 * answer['mask_probability']:.0f}% "
+    share = f"{100 * answer['mask_probability']:.0f}%"
+    summary = (f"Seed {answer['seed']}: {len(roles)} of {words} tokens picked at {share} "
                f"([CLS] and [SEP] never are): {roles.count('masked')} became `[MASK]`, {roles.count('random')} a "
                f"random word, {roles.count('kept')} stayed. The model is trained to recover all {len(roles)}.")
     return spans, summary
@@ -115,7 +116,8 @@ class ExplainHandlers:
         return Explainer(self.registry)
 
     def explain_candidates(self, text: str, words: str, left: str | None, right: str | None) -> list:
-        return [out for model in (left, right) for out in candidates_view(self.explainer.score_candidates(text, words, model or ""))]
+        answers = [self.explainer.score_candidates(text, words, model or "") for model in (left, right)]
+        return [out for answer in answers for out in candidates_view(answer)]
 
     def explain_layers(self, text: str, top_k, left: str | None, right: str | None) -> list:
         answers = [self.explainer.layer_guesses(text, top_k, model or "") for model in (left, right)]
@@ -130,12 +132,13 @@ class ExplainHandlers:
         pickers = []
         for answer in answers:
             layers = answer.get("layers") or [[[]]]
+            heads = [("average of the heads", 0)] + [(f"head {n}", n) for n in range(1, len(layers[0]) + 1)]
             pickers += [gr.update(choices=[(f"layer {n}", n) for n in range(1, len(layers) + 1)], value=len(layers)),
-                        gr.update(choices=[("average of the heads", 0)] + [(f"head {n}", n) for n in range(1, len(layers[0]) + 1)],
-                                  value=0)]
+                        gr.update(choices=heads, value=0)]
         return [*answers, source, *pickers]
 
-    def show_attention(self, left_answer, right_answer, position, left_layer, left_head, right_layer, right_head) -> list:
+    def show_attention(self, left_answer, right_answer, position, left_layer, left_head, right_layer,
+                       right_head) -> list:
         return [*attention_view(left_answer, position, left_layer, left_head),
                 *attention_view(right_answer, position, right_layer, right_head)]
 
@@ -145,7 +148,8 @@ class ExplainHandlers:
 
     def minimal_pair(self, first: str, second: str, left: str | None, right: str | None) -> list:
         """Rows [model, PLL of A, PLL of B, which one it prefers] for both models."""
-        return [pair_rows(self.explainer.score_sentence(first, model or ""), self.explainer.score_sentence(second, model or ""))
+        score = self.explainer.score_sentence
+        return [pair_rows(score(first, model or ""), score(second, model or ""))
                 for model in dict.fromkeys((left, right))]
 
     def training_sample(self, text: str, percent, seed) -> tuple:
@@ -177,16 +181,18 @@ def build(app, tab: gr.Tab) -> dict:
                           elem_id="explain-text")
         top_k = gr.Slider(1, MAX_TOP_K, value=5, step=1, label="Top-k per layer", scale=1)
         run = gr.Button("Explain", variant="primary", scale=1)
-    left, right = side_by_side(lambda side: [gr.Dropdown(models, value=left_default if side == "left" else right_default,
-                                                         label=f"{side.title()} model", elem_id=f"explain-{side}-model")])
+    defaults = {"left": left_default, "right": right_default}
+    left, right = side_by_side(lambda side: [gr.Dropdown(models, value=defaults[side], label=f"{side.title()} model",
+                                                         elem_id=f"explain-{side}-model")])
     model_inputs = [left, right]
 
     with gr.Column(elem_id="view-candidates"):
         gr.Markdown("## 1. Candidate scoring\nHow likely is each of your words at the mask, and where does it rank?")
         words = gr.Textbox(WORDS, label="Words to score (comma-separated)", elem_id="explain-words")
         candidates = side_by_side(lambda side: [
-            gr.Dataframe(headers=["mask", "word", "piece", "probability", "rank"], datatype=["number", "str", "str", "number", "number"],
-                         interactive=False, label=f"{side.title()} model", elem_id=f"{side}-candidates"),
+            gr.Dataframe(headers=["mask", "word", "piece", "probability", "rank"],
+                         datatype=["number", "str", "str", "number", "number"], interactive=False,
+                         label=f"{side.title()} model", elem_id=f"{side}-candidates"),
             gr.Markdown(elem_id=f"{side}-candidates-note")])
 
     with gr.Column(elem_id="view-layers"):
@@ -195,7 +201,8 @@ def build(app, tab: gr.Tab) -> dict:
                                             gr.Markdown(elem_id=f"{side}-layers-note")])
 
     with gr.Column(elem_id="view-attention"):
-        gr.Markdown("## 3. Attention\nWhat one token (the mask, unless you pick another) attends to, in every layer and head.")
+        gr.Markdown("## 3. Attention\nWhat one token (the mask, unless you pick another) attends to, in every layer "
+                    "and head. Many heads park their weight on `[CLS]` or `[SEP]` when nothing else matters to them.")
         source = gr.Dropdown([], label="Attention from the token", elem_id="attention-source")
         attention_states = [gr.State(), gr.State()]
         attention = side_by_side(lambda side: [
@@ -229,7 +236,8 @@ def build(app, tab: gr.Tab) -> dict:
         gr.Markdown("## 5. What the model sees in training\nEach step picks some tokens for the model to predict; of "
                     "those, 80% become `[MASK]`, 10% a random word, 10% stay. This is the training code itself.")
         with gr.Row():
-            training_text = gr.Textbox(TRAINING_SENTENCE, label="Sentence", scale=4, max_length=5000, elem_id="training-text")
+            training_text = gr.Textbox(TRAINING_SENTENCE, label="Sentence", scale=4, max_length=5000,
+                                       elem_id="training-text")
             low, high = MASK_PROBABILITY_RANGE
             percent = gr.Slider(100 * low, 100 * high, value=15, step=1, label="Tokens picked (%)", scale=2)
             seed = gr.Number(0, label="Seed", precision=0, minimum=0, scale=1)
@@ -253,7 +261,8 @@ def build(app, tab: gr.Tab) -> dict:
         picker.input(app.show_attention, show, attention_outputs, api_visibility="private")
     wire([tab.select, score.click, sentence.submit, left.change, right.change], app.explain_surprise,
        [sentence, *model_inputs], surprise)
-    wire([tab.select, compare_pair.click, left.change, right.change], app.minimal_pair, [first, second, *model_inputs], [pair])
+    wire([tab.select, compare_pair.click, left.change, right.change], app.minimal_pair, [first, second, *model_inputs],
+         [pair])
     wire([tab.select, training_text.submit, percent.release, seed.submit], app.training_sample,
        [training_text, percent, seed], [training, training_summary, seed])
     wire([sample.click], app.new_training_sample, [training_text, percent], [training, training_summary, seed])
