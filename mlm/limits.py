@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mlm.config import PRESETS
 from mlm.hub import UserError
 
 MAX_EPOCHS = 100
@@ -27,7 +28,7 @@ def on_space() -> bool:
 
 
 def max_upload_bytes() -> int:
-    return int(float(os.environ.get("MLM_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB)) * 2**20)
+    return int(float(os.environ.get("MLM_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB)) * 1e6)
 
 
 def max_minutes_allowed() -> float | None:
@@ -55,8 +56,6 @@ def max_batch_size(preset: str, block_size: int = 128) -> int:
 
 def check_training_bounds(request) -> None:
     """A TrainRequest's numbers against this machine's limits (UserError, one line, says which and why)."""
-    from mlm.config import PRESETS
-
     batch_size = request.batch_size or PRESETS.get(request.preset, {}).get("batch_size", 8)
     largest = max_batch_size(request.preset)
     if batch_size > largest:
@@ -76,7 +75,7 @@ def check_text_file(path: str) -> None:
         raise UserError("Upload a plain-text file to train on first.")
     size, limit = file.stat().st_size, max_upload_bytes()
     if size > limit:
-        raise UserError(f"The file is {size / 2**20:.1f} MB; the limit is {limit / 2**20:g} MB.")
+        raise UserError(f"The file is {round(size / 1e6, 3):g} MB; the limit is {round(limit / 1e6, 3):g} MB.")
     try:
         text = file.read_bytes().decode("utf-8")
     except UnicodeDecodeError as error:

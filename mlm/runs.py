@@ -55,6 +55,7 @@ class TrainRequest:
     batch_size: int | None = None
     max_train_blocks: int | None = None
     max_minutes: float | None = None
+    max_eval_blocks: int | None = None  # validation is the slow part of a CPU demo
     log_every: int = 10  # a live demo wants a point every few seconds, not the CLI's 50 steps
     name: str = ""  # the run folder's name; empty: <preset>-<date>-<time>
 
@@ -73,7 +74,7 @@ class TrainRequest:
         elif self.data_source != "hub":
             raise UserError(f"Unknown data source '{self.data_source}'; choose one of {', '.join(DATA_SOURCES)}.")
         optional = {"--epochs": self.epochs, "--lr": self.lr, "--batch-size": self.batch_size, "--max-train-blocks": self.max_train_blocks,
-                    "--max-minutes": self.max_minutes}
+                    "--max-minutes": self.max_minutes, "--max-eval-blocks": self.max_eval_blocks}
         for flag, value in optional.items():
             if value is not None:
                 arguments += [flag, f"{value:g}" if isinstance(value, float) else str(value)]

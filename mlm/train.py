@@ -390,6 +390,7 @@ class Trainer:
 
 
 def main(argv: list[str] | None = None) -> int:
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)}
     try:
         config, resume_dir = config_from_args(argv)
         return Trainer(config, resume=resume_dir is not None).fit()
@@ -402,6 +403,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {message}", file=sys.stderr)
         return 2
+    finally:  # a caller in the same process (a test, a notebook) gets its own signal handling back
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        for signum, handler in handlers.items():
+            if handler is not None:  # None: set outside Python, cannot be put back
+                signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

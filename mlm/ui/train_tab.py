@@ -148,7 +148,7 @@ def build(app) -> dict:
             data_dir = gr.Textbox(str(DEFAULT_DATA_DIR) if DEFAULT_DATA_DIR.is_dir() else "",
                                   label="Local WikiText folder", interactive=allowed, visible=first_source == "folder")
             upload = gr.File(label=f"Text file (UTF-8 plain text, one paragraph per line, up to "
-                                   f"{max_upload_bytes() / 2**20:g} MB)", file_types=[".txt"], type="filepath",
+                                   f"{max_upload_bytes() / 1e6:g} MB)", file_types=[".txt"], type="filepath",
                              interactive=allowed, visible=False)
         with gr.Column():
             epochs = gr.Number(1, label="Epochs", minimum=0.01, interactive=allowed)
