@@ -91,6 +91,8 @@ def estimate(request) -> Estimate:
     train_blocks, valid_blocks = data_blocks(request.data_source, request.data_dir, request.text_file)
     if request.max_train_blocks:
         train_blocks = min(train_blocks, request.max_train_blocks)
+    if request.max_eval_blocks:
+        valid_blocks = min(valid_blocks, request.max_eval_blocks)
     steps_per_epoch = max(1, train_blocks // batch_size)
     steps = math.ceil(epochs * steps_per_epoch)
     sequence_s, block_s = measured_speed(request.preset)

@@ -8,6 +8,7 @@ app reads it:
     stop_reason           None while running; then finished | cap | stop | diverged (error: the app's own verdict
                           from a failed exit, since a crashed trainer cannot say so)
     started_at            Unix time the training process started (what the minutes cap counts from)
+    max_minutes           the cap (None: none)
     phase_started_at      Unix time the current phase began
     ended_at              Unix time it finished writing its last checkpoint
     evaluations_done      validation passes recorded by this process
@@ -40,11 +41,11 @@ def evaluations_expected(start_step: int, total_steps: int, steps_per_epoch: int
 class ProgressWriter:
     """The trainer's side: every update rewrites the whole file (a few hundred bytes) with os.replace."""
 
-    def __init__(self, run_dir: Path, started_at: float, enabled: bool = True):
+    def __init__(self, run_dir: Path, started_at: float, max_minutes: float | None = None, enabled: bool = True):
         self.path = Path(run_dir) / PROGRESS_FILE
         self.enabled = enabled  # only the main process of a multi-process run writes
         self.state = {"phase": "preparing", "stop_reason": None, "started_at": started_at,
-                      "phase_started_at": time.time(), "ended_at": None, "evaluations_done": 0,
+                      "max_minutes": max_minutes,                       "phase_started_at": time.time(), "ended_at": None, "evaluations_done": 0,
                       "evaluations_expected": None, "evaluation_s": 0.0, "tokens_per_step": None}
 
     def update(self, **fields) -> None:

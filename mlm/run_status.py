@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlm.checkpoint import CONFIG_FILE, STATE_DIR, read_metrics
+from mlm.checkpoint import STATE_DIR, read_metrics
 from mlm.progress import read_progress
 
 LOG_FILE = "train.log"
@@ -60,20 +60,12 @@ def saved_state(run_dir: Path) -> dict:
         return {}
 
 
-def saved_config(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / CONFIG_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def ended_message(run_dir: Path, reason: str, resumable: bool) -> str:
+def ended_message(run_dir: Path, reason: str, resumable: bool, minutes: float | None) -> str:
     name = run_dir.name
     if reason == "finished":
         return f"Finished: {name} is now in the model pickers."
     if reason == "error":
         return f"Failed: {last_log_line(run_dir)}"
-    minutes = saved_config(run_dir).get("max_minutes")
     why = {"stop": "Stopped by the Stop button",
            "cap": f"Stopped by the {minutes:g}-minute cap ({CAP_COUNTS})" if minutes else "Stopped by the minutes cap",
            "diverged": "Stopped because the loss diverged (it became infinite or not a number); the last good "
@@ -109,7 +101,7 @@ def run_status(run_dir: Path, exit_code: int | None, stop_requested: bool = Fals
             reason = "stop"
         status.reason = reason or "error"
         status.state = {"finished": "finished", "error": "failed"}.get(status.reason, "stopped")
-        status.message = ended_message(run_dir, status.reason, resumable)
+        status.message = ended_message(run_dir, status.reason, resumable, progress.get("max_minutes"))
     if records:  # the furthest point reached (a stopped run may end on a validation)
         latest = max(records, key=lambda r: r["step"])
         status.step, status.epoch, status.total_steps = latest["step"], latest["epoch"], records[-1]["total_steps"]
@@ -121,14 +113,14 @@ def run_status(run_dir: Path, exit_code: int | None, stop_requested: bool = Fals
     if started_at and end:
         status.elapsed_s = max(0.0, end - started_at)
     if exit_code is None and status.phase != "stopping":
-        status.eta_s, status.eta_capped = eta_seconds(status, progress, saved_config(run_dir).get("max_minutes"))
+        status.eta_s, status.eta_capped = eta_seconds(status, progress)
     return status
 
 
-def eta_seconds(status: RunStatus, progress: dict, max_minutes: float | None) -> tuple[float | None, bool]:
+def eta_seconds(status: RunStatus, progress: dict) -> tuple[float | None, bool]:
     """Remaining training steps at the latest speed plus the remaining validations at their measured mean (unknown
     until one was measured), and whether the minutes cap ends the run sooner (then the time to the cap)."""
-    now = time.time()
+    now, max_minutes = time.time(), progress.get("max_minutes")
     cap_left = (progress["started_at"] + 60 * max_minutes - now) if max_minutes and progress.get("started_at") else None
     done, expected = progress.get("evaluations_done", 0), progress.get("evaluations_expected")
     per_step = (progress["tokens_per_step"] / status.tokens_per_s

@@ -92,7 +92,7 @@ class Trainer:
         self.stop_reason: str | None = None
         self.created = time.monotonic()
         self.preparing = True  # a stop while preparing aborts at once (StoppedBeforeTraining)
-        self.progress = ProgressWriter(self.run_dir, PROCESS_STARTED_AT, enabled=self.is_main)
+        self.progress = ProgressWriter(self.run_dir, PROCESS_STARTED_AT, config.max_minutes, self.is_main)
 
     # ------------------------------------------------------------------------------------------------------------
     # Set-up

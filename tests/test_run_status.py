@@ -26,9 +26,8 @@ def write_run(run_dir, progress: dict | None = None, state: dict | None = None, 
     lines += [{"step": s, "epoch": s / 50, "split": "train", "loss": 7.0, "lr": 1e-3, "tokens_per_s": tokens_per_s,
                "elapsed_s": 1.0, "total_steps": total} for s in steps]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    (run_dir / "train_config.json").write_text(json.dumps({"max_minutes": max_minutes}))
     if progress is not None:
-        writer = ProgressWriter(run_dir, progress.pop("started_at", time.time() - 30))
+        writer = ProgressWriter(run_dir, progress.pop("started_at", time.time() - 30), max_minutes)
         writer.update(**progress)
     if state is not None:
         (run_dir / "training_state").mkdir(exist_ok=True)
@@ -112,11 +111,11 @@ def test_a_stop_before_training_began_says_nothing_was_saved(tmp_path):
 
 
 def test_progress_is_replaced_whole(tmp_path):
-    writer = ProgressWriter(tmp_path, 123.0)
+    writer = ProgressWriter(tmp_path, 123.0, 2.5)
     writer.update(phase="validating")
     writer.evaluation_done(4.0)
     assert read_progress(tmp_path) | {"phase_started_at": 0} == {
-        "phase": "validating", "stop_reason": None, "started_at": 123.0, "phase_started_at": 0, "ended_at": None,
+        "phase": "validating", "stop_reason": None, "started_at": 123.0, "max_minutes": 2.5, "phase_started_at": 0, "ended_at": None,
         "evaluations_done": 1, "evaluations_expected": None, "evaluation_s": 4.0, "tokens_per_step": None}
     assert not list(tmp_path.glob("*.tmp"))
     (tmp_path / "progress.json").write_text('{"phase": "trai')  # a torn file (never written so, but read safely)

@@ -68,21 +68,21 @@ class TrainHandlers:
     """Train's handlers, mixed into DemoApp (needs `self.jobs`)."""
 
     def training_request(self, preset, source, data_dir, upload, epochs, lr, batch_size, max_train_blocks,
-                         max_minutes, name="") -> TrainRequest:
+                         max_minutes, max_eval_blocks=None, name="") -> TrainRequest:
         return TrainRequest(
             preset=preset, data_source=source, data_dir=(data_dir or "").strip(), text_file=upload or "",
             epochs=optional(epochs, float), lr=optional(lr, float), batch_size=optional(batch_size, int),
             max_train_blocks=optional(max_train_blocks, int), max_minutes=optional(max_minutes, float),
-            name=(name or "").strip(),
+            max_eval_blocks=optional(max_eval_blocks, int), name=(name or "").strip(),
         )
 
     def start_training(self, preset: str, source: str, data_dir: str, upload: str | None, epochs, lr, batch_size,
-                       max_train_blocks, max_minutes, name: str = "") -> str:
+                       max_train_blocks, max_minutes, max_eval_blocks=None, name: str = "") -> str:
         if not training_allowed():
             return "Training is off on this public Space. The operator can enable it with `MLM_ALLOW_TRAINING=1`."
         try:
             request = self.training_request(preset, source, data_dir, upload, epochs, lr, batch_size,
-                                            max_train_blocks, max_minutes, name)
+                                            max_train_blocks, max_minutes, max_eval_blocks, name)
             self.jobs.start(request)
         except UserError as error:
             return f"⚠️ {escape(error)}"
@@ -113,11 +113,11 @@ class TrainHandlers:
         return status_markdown(self.jobs.status())
 
     def describe_preset(self, preset, source, data_dir, upload, epochs, lr, batch_size, max_train_blocks,
-                        max_minutes) -> str:
+                        max_minutes, max_eval_blocks=None) -> str:
         """The preset in one line, and how long the form's run would take here (the speed measured once)."""
         try:
             request = self.training_request(preset, source, data_dir, upload, epochs, lr, batch_size,
-                                            max_train_blocks, max_minutes)
+                                            max_train_blocks, max_minutes, max_eval_blocks)
             guess = estimate(request)
         except UserError as error:
             return f"{PRESET_TEXT.get(preset, '')} ⚠️ {escape(error)}"
@@ -158,17 +158,19 @@ def build(app) -> dict:
             max_blocks = gr.Number(2000, label="Cap: training blocks of 128 tokens (empty: all)", precision=0,
                                    minimum=1, interactive=allowed)
             max_minutes = gr.Number(5, label=CAP_HELP, minimum=0.1, interactive=allowed)
+            max_eval_blocks = gr.Number(None, label="Cap: validation blocks (empty: all; fewer validate faster)",
+                                        precision=0, minimum=1, interactive=allowed)
     with gr.Row():
         start = gr.Button("Start training", variant="primary", interactive=allowed and not app.jobs.running())
         stop = gr.Button("Stop", interactive=allowed)
         resume = gr.Button("Resume the stopped run", interactive=allowed)
     status = gr.Markdown(app.training_status(), elem_id="train-status")
-    form = [preset, source, data_dir, upload, epochs, lr, batch_size, max_blocks, max_minutes]
+    form = [preset, source, data_dir, upload, epochs, lr, batch_size, max_blocks, max_minutes, max_eval_blocks]
     preset.change(preset_defaults, preset, [lr, batch_size], api_visibility="private")
     source.change(source_visibility, source, [data_dir, upload], api_visibility="private")
     if allowed:  # the estimate trains a few steps: not for visitors of a Space where training is off
         gr.on([preset.change, source.change, upload.change, epochs.change, batch_size.change, max_blocks.change,
-               max_minutes.change], app.describe_preset, form, about, api_visibility="private",
+               max_minutes.change, max_eval_blocks.change], app.describe_preset, form, about, api_visibility="private",
               concurrency_id="estimate", concurrency_limit=1, trigger_mode="always_last", show_progress="hidden")
     start.click(app.start_training, [*form, name], status, api_visibility="private")
     stop.click(app.stop_training, None, status, api_visibility="private")
