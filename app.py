@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 from mlm.ui import CSS, DemoApp, build_demo
+from mlm.ui.train_tab import upload_limit
 
 INFERENCE_CONCURRENCY = 1
 
@@ -25,7 +26,7 @@ def main() -> None:
     demo.queue(default_concurrency_limit=INFERENCE_CONCURRENCY)
     port = os.environ.get("GRADIO_SERVER_PORT")
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME"), server_port=int(port) if port else None,
-                css=CSS, footer_links=["api"])
+                css=CSS, footer_links=["api"], max_file_size=upload_limit())  # no uploads where training is off
 
 
 if __name__ == "__main__":

@@ -75,6 +75,9 @@ def build_demo(app: DemoApp) -> gr.Blocks:
         with gr.Tab("Explain") as tab:
             explain_tab.build(app, tab)
 
+        if training_allowed():  # the Train tab's estimate for the form as it opens
+            demo.load(app.describe_preset, train["form"], train["about"], api_visibility="private",
+                      concurrency_id="estimate", concurrency_limit=1, show_progress="hidden")
         last_seen = gr.State(app.snapshot())  # what a new page shows: the timer sends only what changes after
         gr.Timer(TICK_SECONDS).tick(
             app.tick, [curves["run_picker"], curves["x_axis"], last_seen],
