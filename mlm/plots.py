@@ -85,14 +85,12 @@ def log_ticks(values: list[float]) -> dict:
 
 def focus_range(records: list[dict], x_axis: str) -> list[float] | None:
     """The x range of a whole run, from its first point to its planned last step (or epoch)."""
-    last = next((r for r in reversed(records) if r.get("total_steps")), None)
+    last = next((r for r in reversed(records) if r.get("total_steps") and r.get("step")), None)
     if last is None:
         return None
     if x_axis == "step":
         return [0, last["total_steps"] * 1.02]
-    if last.get("step"):
-        return [0, last["epoch"] * last["total_steps"] / last["step"] * 1.02]
-    return None
+    return [0, last["epoch"] * last["total_steps"] / last["step"] * 1.02]
 
 
 def curves(runs: dict[str, list[dict]], x_axis: str = "step", focus: str | None = None) -> tuple[go.Figure, go.Figure]:

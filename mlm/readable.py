@@ -25,16 +25,19 @@ FOREIGN_WORDS = frozenset("le la les est et un une des du dans pour sur avec qui
                           "der das und ist nicht mit ein eine dem den ich sie wir auch "
                           "il che di non sono della per gli lo "
                           "os não um uma com para".split())
+CLOSING_PUNCTUATION = frozenset(".,!?")  # what tokenizers' clean-up glues to the word before
 WORD = re.compile(r"[^\W\d_]+")
 
 
 def fill_one(text: str, mask_number: int, token: str) -> str:
     """`text` with its `mask_number`-th [MASK] (from 0) replaced by `token`, the others left as [MASK]; a `##`
-    piece joins the word before it, as the tokenizer would decode it."""
+    piece, and punctuation that closes a phrase, join the word before them, as the pipeline's decoding does."""
     pieces = text.split(MASK)
     before, after = MASK.join(pieces[:mask_number + 1]), MASK.join(pieces[mask_number + 1:])
     if token.startswith("##"):
         return before.rstrip() + token[2:] + after
+    if token in CLOSING_PUNCTUATION:
+        return before.rstrip() + token + after
     return before + token + after
 
 
