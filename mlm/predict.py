@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from mlm import readable
 from mlm.checkpoint import CONFIG_FILE, METRICS_FILE, read_metrics
 from mlm.hub import UserError, hub_reachable
 from mlm.model import load_model, weights_file
@@ -193,12 +194,16 @@ class ModelRegistry:
             scores, token_ids = probabilities.topk(int(top_k), dim=-1)
         masks = [
             {"index": int(position),
-             "candidates": [{"token": token, "score": float(score)}
+             "candidates": [readable.candidate(text, number, token, score)
                             for token, score in zip(tokenizer.convert_ids_to_tokens(ids.tolist()), row.tolist())]}
-            for position, ids, row in zip(positions, token_ids, scores)
+            for number, (position, ids, row) in enumerate(zip(positions, token_ids, scores))
         ]
-        return {"model": name, "tokens": tokenizer.convert_ids_to_tokens(input_ids[0].tolist()), "masks": masks,
-                "filled": fill_in(text, [m["candidates"][0]["token"] for m in masks])}
+        tokens = tokenizer.convert_ids_to_tokens(input_ids[0].tolist())
+        return {"model": name, "tokens": tokens, "masks": masks,
+                "filled": fill_in(text, [m["candidates"][0]["token"] for m in masks]),
+                "notes": readable.text_notes(text, tokens, set(tokenizer.all_special_tokens), tokenizer.unk_token),
+                # an uncased model reads and answers in lower case: "France is france." needs saying so
+                "uncased": bool(getattr(tokenizer, "do_lower_case", False))}
 
     def answer(self, name: str, text: str, top_k) -> dict:
         """One side of the comparison: predictions, or the reason there are none (never an exception)."""
@@ -228,6 +233,7 @@ class ModelRegistry:
             "training_data": training_data(folder),
             "valid_loss": valid[-1]["loss"] if valid else None,
             "perplexity": valid[-1]["perplexity"] if valid else None,
+            "summary": readable.plain_summary(train_config(folder)),
         }
 
 
@@ -269,6 +275,14 @@ def card_description(readme: str) -> str:
     """The first paragraph after the title of a model card written by mlm.train."""
     body = readme.split("\n# ", 1)[-1].split("\n\n")
     return body[1].strip() if len(body) > 1 and not body[1].startswith("-") else ""
+
+
+def train_config(folder: Path) -> dict:
+    """The run's train_config.json, or {} where it is missing or unreadable."""
+    try:
+        return json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def training_data(folder: Path) -> str:
