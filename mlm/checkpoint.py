@@ -53,13 +53,18 @@ def replace_folder(staging: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def staging_folder(run_dir: Path):
-    """A new staging folder inside `run_dir`; removed if writing it fails before its commit point (a full disk must
-    not leave 100 MB behind)."""
+def staging_folder(run_dir: Path) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=run_dir))
     staging.chmod(0o755)  # mkdtemp creates 0700; best/ is this very folder once swapped in
+    return staging
+
+
+@contextlib.contextmanager
+def staged(run_dir: Path):
+    """A new staging folder, removed if writing it fails before its commit point (a full disk must not leave
+    100 MB behind; a kill leaves it to the next run's `recover`)."""
+    staging = staging_folder(run_dir)
     try:
         yield staging
     except BaseException:

@@ -324,7 +324,7 @@ class Trainer:
         with torch.no_grad():
             for name, parameter in self.trainable_state().items():
                 parameter.copy_(self.best_weights[name])
-            with ckpt.staging_folder(self.run_dir) as staging:
+            with ckpt.staged(self.run_dir) as staging:
                 self.save_model_files(staging)
                 ckpt.replace_folder(staging, self.run_dir / ckpt.BEST_DIR)
             for name, parameter in self.trainable_state().items():
@@ -350,7 +350,7 @@ class Trainer:
         rng = {name: self.accelerator.gather(state.to(self.device)[None]) for name, state in ckpt.rng_state(self.device).items()}
         self.save_best()
         if self.is_main:
-            with ckpt.staging_folder(self.run_dir) as staging:
+            with ckpt.staged(self.run_dir) as staging:
                 self.save_model_files(staging)
                 self.config.save(staging / ckpt.CONFIG_FILE)
                 ckpt.save_training_state(staging / ckpt.STATE_DIR, self.optimizer,

@@ -20,9 +20,9 @@ from safetensors.torch import load_file, save_file
 
 from conftest import OFFLINE_ENV, REPO, WIKITEXT_DIR
 from mlm import durability
-from mlm.checkpoint import METRICS_FILE, read_metrics, staging_folder
+from mlm.checkpoint import METRICS_FILE, read_metrics, staged
 from mlm.hub import UserError
-from mlm.manifest import KILL_ENV, MANIFEST_FILE, checkpoint_problem, committed_stagings, read_manifest
+from mlm.manifest import KILL_ENV, checkpoint_problem, committed_stagings, read_manifest
 from mlm.model import load_model
 from mlm.predict import ModelRegistry
 from mlm.train import main
@@ -66,22 +66,22 @@ def uninterrupted(corpus, tmp_path_factory) -> Path:
     return run_dir
 
 
+def killed_run(corpus: Path, folder: Path, kill: str) -> Path:
+    done = train(corpus, folder, kill=kill)
+    assert done.returncode == KILLED, done.stderr[-2000:]
+    return folder
+
+
 @pytest.fixture(scope="module")
 def killed_after_commit(corpus, tmp_path_factory) -> Path:
     """Killed in the publish of step 8 just after its commit point: step 4 in place, step 8 committed in staging."""
-    run_dir = tmp_path_factory.mktemp("runs") / "after-commit"
-    done = train(corpus, run_dir, kill="2:1")
-    assert done.returncode == KILLED, done.stderr[-2000:]
-    return run_dir
+    return killed_run(corpus, tmp_path_factory.mktemp("runs") / "after-commit", "2:1")
 
 
 @pytest.fixture(scope="module")
 def killed_before_commit(corpus, tmp_path_factory) -> Path:
     """Killed in the publish of step 8 before its commit point: step 4 in place, an incomplete staging folder."""
-    run_dir = tmp_path_factory.mktemp("runs") / "before-commit"
-    done = train(corpus, run_dir, kill="2:0")
-    assert done.returncode == KILLED, done.stderr[-2000:]
-    return run_dir
+    return killed_run(corpus, tmp_path_factory.mktemp("runs") / "before-commit", "2:0")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -229,7 +229,7 @@ def test_resume_after_a_kill_before_commit_equals_the_uninterrupted_run(killed_b
 
 def test_fresh_run_killed_before_its_first_checkpoint_restarts_in_place(corpus, uninterrupted, tmp_path):
     run_dir = tmp_path / "fresh"
-    assert train(corpus, run_dir, kill="1:0").returncode == KILLED  # in its first save, at step 4
+    killed_run(corpus, run_dir, "1:0")  # in its first save, at step 4
     assert (run_dir / "train_config.json").is_file() and read_metrics(run_dir)
     assert not durability.has_checkpoint(run_dir)
     # --resume says so and starts over (checked on a copy: the note, and the folder left clean for step 0) ...
@@ -263,7 +263,7 @@ def test_a_damaged_checkpoint_is_refused_on_resume_and_on_load(uninterrupted, tm
 
 def test_failed_save_leaves_no_staging_folder(tmp_path):
     with pytest.raises(OSError):
-        with staging_folder(tmp_path) as staging:
+        with staged(tmp_path) as staging:
             (staging / "model.safetensors").write_bytes(b"half")
             raise OSError(28, "No space left on device")
     assert not list(tmp_path.glob(".staging-*"))
