@@ -245,7 +245,7 @@ class Trainer:
         if not self.diverged and step < self.total_steps and step % self.steps_per_epoch and self.stop_reason:
             self.evaluate(step)  # a stopped run still leaves a validation point at its last step
         if not self.diverged:
-            self.save(step)
+            self.save(step)  # which checks the weights first, and may find that the run diverged after all
         if self.diverged:
             return self.stop_diverged(step)
         if self.is_main:
