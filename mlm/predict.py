@@ -23,6 +23,7 @@ import torch
 
 from mlm import readable
 from mlm.checkpoint import CONFIG_FILE, METRICS_FILE, read_metrics
+from mlm.durability import servable
 from mlm.hub import UserError, hub_reachable
 from mlm.model import load_model, weights_file
 
@@ -125,7 +126,7 @@ class ModelRegistry:
         if not self.checkpoints_dir.is_dir():
             return []
         folders = sorted(p for p in self.checkpoints_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-        return [ModelEntry(folder.name, str(folder)) for folder in folders if weights_file(folder)]
+        return [ModelEntry(folder.name, str(folder)) for folder in folders if weights_file(folder) and servable(folder)]
 
     def entries(self) -> dict[str, ModelEntry]:
         configured = self.configured()
@@ -192,6 +193,8 @@ class ModelRegistry:
             hidden = model.base_model(**encoded).last_hidden_state[0, positions]
             probabilities = model.cls(hidden).float().softmax(dim=-1)
             scores, token_ids = probabilities.topk(int(top_k), dim=-1)
+        if not scores.isfinite().all():  # NaN is not JSON: a broken model answers with an error, never with NaN
+            raise UserError(f"The model '{name}' gives no usable scores (not finite numbers): it is broken.")
         masks = [
             {"index": int(position),
              "candidates": [readable.candidate(text, number, token, score)
