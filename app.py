@@ -3,26 +3,39 @@
 
 MLM_CHECKPOINTS_DIR points it at another checkpoints folder (default: checkpoints/ beside this file).
 
-Inference requests share one worker so two of them never fight over the two CPUs of a free Space, and torch keeps
-its default of one thread per core, the fastest for one request at a time (on 2 cores: 13 ms for both models
-against 21 ms with one thread). Training runs in its own lower-priority process, so the page stays responsive.
+Inference requests share one worker thread (mlm.inference) so two forward passes never fight over the two CPUs of a
+free Space; up to INFERENCE_CONCURRENCY requests wait on it at once and share its next padded forward pass, and
+torch keeps its default of one thread per core. Training runs in its own lower-priority process, so the page stays
+responsive.
+
+A public Space serves a whole class, so nothing one visitor sends may stall it: the queue holds at most QUEUE_SIZE
+events and one session at most EVENTS_PER_SESSION (beyond, "The app is busy: try again in a moment"), texts over
+5,000 characters are refused before they are tokenized (mlm.predict.check_text), and errors tell the user what is
+wrong in their terms while the details go to this process's log (stderr).
 """
 
+import logging
 import os
 import threading
 from pathlib import Path
 
 from mlm.ui import CSS, DemoApp, build_demo
+from mlm.ui.limits import limit_per_session, set_concurrency
 
-INFERENCE_CONCURRENCY = 1
+INFERENCE_CONCURRENCY = 16  # requests of the "inference" group waiting together on the worker: its largest batch
+QUEUE_SIZE = 128  # events waiting for a worker, all sessions together: about a second of work when batched
+EVENTS_PER_SESSION = 6  # a page opening fires 2-3 events at once; a student clicking Predict a few times is fine
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = DemoApp(os.environ.get("MLM_CHECKPOINTS_DIR", Path(__file__).resolve().parent / "checkpoints"))
     demo = build_demo(app)
     # Load the default models while the server starts, so the first student does not wait for them.
     threading.Thread(target=app.warm_up, daemon=True).start()
-    demo.queue(default_concurrency_limit=INFERENCE_CONCURRENCY)
+    set_concurrency(demo, "inference", INFERENCE_CONCURRENCY)
+    demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
+    limit_per_session(demo, EVENTS_PER_SESSION)
     port = os.environ.get("GRADIO_SERVER_PORT")
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME"), server_port=int(port) if port else None,
                 css=CSS, footer_links=["api"])
