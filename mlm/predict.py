@@ -42,7 +42,7 @@ MODELS_FILE = "models.json"
 MAX_MASKS = 10
 MAX_TOP_K = 20
 # Checked before anything else touches the text: tokenizing 40 MB held the only inference worker for 130 s.
-# 512 tokens are rarely more than 3,000 characters, so this refuses nothing a model could read.
+# What a model can read (512 tokens) is rarely over 3,000 characters, so this refuses next to nothing it could read.
 MAX_TEXT_CHARS = 5000
 EXTRA_MODELS = 2  # loaded models kept besides the configured ones (about 50-100 MB each)
 ANSWER_CACHE_SIZE = 1024
@@ -212,16 +212,19 @@ class ModelRegistry:
 
     def predict_later(self, name: str, text: str, top_k: int) -> Future:
         """The future answer for an already checked text: from the answer cache, or the next batched pass."""
-        key = (name, self.entry(name).version(), text, int(top_k))
-        future: Future = Future()
+        key = (name, self.entry(name).version(), text, int(top_k))  # a rewritten checkpoint has a new version
         cached = self._answers.get(key)
         if cached is not None:
+            future: Future = Future()
             future.set_result(copy.deepcopy(cached))  # each caller may change its own copy
             return future
+
+        def remember(done: Future) -> None:
+            if done.exception() is None and len(text) <= ANSWER_CACHE_MAX_CHARS:
+                self._answers.put(key, copy.deepcopy(done.result()))
+
         future = self._batcher.submit((name, text, int(top_k)))
-        if len(text) <= ANSWER_CACHE_MAX_CHARS:
-            future.add_done_callback(
-                lambda done: done.exception() or self._answers.put(key, copy.deepcopy(done.result())))
+        future.add_done_callback(remember)
         return future
 
     def _run_batch(self, requests: list[tuple[str, str, int]]) -> list:
@@ -249,7 +252,8 @@ class ModelRegistry:
                     results[i] = error
         return results
 
-    def answer_from(self, name: str, tokenizer, text: str, top_k: int, guesses) -> dict:
+    @staticmethod
+    def answer_from(name: str, tokenizer, text: str, top_k: int, guesses) -> dict:
         """The JSON answer of one model for one text, from its forward-pass result (mlm.inference.MaskGuesses)."""
         input_ids, positions = torch.tensor([guesses.input_ids]), guesses.positions
         scores, token_ids = guesses.scores[:, :top_k], guesses.token_ids[:, :top_k]

@@ -96,12 +96,13 @@ def join(url: str, session_hash: str | None) -> tuple[int, str]:
 @pytest.mark.parametrize("session_hash", ["flooding-student", None])
 def test_a_flooding_client_is_told_the_app_is_busy_and_others_are_still_served(app_server, session_hash):
     other_student = Client(app_server, verbose=False)
+    other_student.predict("A [MASK].", 1, SCRATCH_NAME, LORA_NAME, api_name="/fill_mask")  # the models are loaded
     answers = [join(app_server, session_hash) for _ in range(40)]
     refused = [detail for status, detail in answers if status == 503]
     assert 30 <= len(refused) <= 36 and set(refused) == {BUSY_MESSAGE}
     assert all(status in (200, 503) for status, _ in answers)
     began = time.perf_counter()
-    other = other_student.predict("A [MASK].", 1, SCRATCH_NAME, LORA_NAME, api_name="/fill_mask")
+    other = other_student.predict("Another [MASK].", 1, SCRATCH_NAME, LORA_NAME, api_name="/fill_mask")
     assert other["left"]["masks"] and time.perf_counter() - began < 10
 
 
@@ -117,8 +118,8 @@ def test_loaded_models_are_bounded_least_recently_used_out_and_shipped_ones_pinn
     for run in ("run-a", "run-b", "run-c"):
         shutil.copytree(checkpoints / "scratch-wikitext2", checkpoints / run)
     registry = ModelRegistry(checkpoints, extra_models=2)
-    for name in (SCRATCH_NAME, "run-a", "run-b", "run-a", "run-c"):
-        assert registry.answer(name, "A [MASK].", 1)["masks"]
+    for number, name in enumerate((SCRATCH_NAME, "run-a", "run-b", "run-a", "run-c")):
+        assert registry.answer(name, f"A [MASK] {number}.", 1)["masks"]  # new texts: no answer from the cache
     assert registry.loaded() == [SCRATCH_NAME, "run-a", "run-c"]  # run-b was the least recently used
     assert registry.answer("run-b", "Another [MASK].", 1)["masks"]  # evicted models load again when asked
     assert registry.loaded() == [SCRATCH_NAME, "run-c", "run-b"]
