@@ -9,9 +9,10 @@ torch keeps its default of one thread per core. Training runs in its own lower-p
 responsive.
 
 A public Space serves a whole class, so nothing one visitor sends may stall it: the queue holds at most QUEUE_SIZE
-events and one session at most EVENTS_PER_SESSION (beyond, "The app is busy: try again in a moment"), texts over
-5,000 characters are refused before they are tokenized (mlm.predict.check_text), and errors tell the user what is
-wrong in their terms while the details go to this process's log (stderr).
+events and one session at most EVENTS_PER_SESSION (beyond, "The app is busy: try again in a moment"), request
+bodies over 1 MB are refused before they are read (uploads excepted) and texts over 5,000 characters before they
+are tokenized (mlm.predict.check_text), and errors tell the user what is wrong in their terms while the details go
+to this process's log (stderr).
 """
 
 import logging
@@ -19,8 +20,10 @@ import os
 import threading
 from pathlib import Path
 
+from starlette.middleware import Middleware
+
 from mlm.ui import CSS, DemoApp, build_demo
-from mlm.ui.limits import limit_per_session, set_concurrency
+from mlm.ui.limits import BodyLimit, limit_per_session, set_concurrency
 
 INFERENCE_CONCURRENCY = 16  # requests of the "inference" group waiting together on the worker: its largest batch
 QUEUE_SIZE = 128  # events waiting for a worker, all sessions together: about a second of work when batched
@@ -38,7 +41,7 @@ def main() -> None:
     limit_per_session(demo, EVENTS_PER_SESSION)
     port = os.environ.get("GRADIO_SERVER_PORT")
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME"), server_port=int(port) if port else None,
-                css=CSS, footer_links=["api"])
+                css=CSS, footer_links=["api"], app_kwargs={"middleware": [Middleware(BodyLimit)]})
 
 
 if __name__ == "__main__":

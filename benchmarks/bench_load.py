@@ -70,14 +70,14 @@ class App:
                                       limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500))
 
     async def fill_mask(self, session: str, text: str) -> tuple[float, str]:
-        """(seconds, outcome): 'ok' (both models answered), 'refused' (a message for the user), 'busy' (503),
-        'error' (anything else)."""
+        """(seconds, outcome): 'ok' (both models answered), 'refused' (a message for the user, or 413), 'busy'
+        (503), 'error' (anything else)."""
         began = time.perf_counter()
         try:
             posted = await self.http.post(f"{self.url}gradio_api/call/fill_mask",
                                           json={"data": [text, TOP_K, *self.models], "session_hash": session})
-            if posted.status_code == 503:
-                return time.perf_counter() - began, "busy"
+            if posted.status_code in (413, 503):  # too large to be read; busy
+                return time.perf_counter() - began, "refused" if posted.status_code == 413 else "busy"
             posted.raise_for_status()
             event_id = posted.json()["event_id"]
             event = None

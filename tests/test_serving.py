@@ -9,9 +9,8 @@ import shutil
 import threading
 import time
 import tracemalloc
-import urllib.error
-import urllib.request
 
+import httpx
 import pytest
 import torch
 from gradio_client import Client
@@ -22,7 +21,7 @@ from mlm.inference import MicroBatcher, chunks_by_tokens, masked_top_k
 from mlm.model import load_model
 from mlm.predict import MAX_TEXT_CHARS, ModelRegistry
 from mlm.ui import DemoApp
-from mlm.ui.limits import BUSY_MESSAGE
+from mlm.ui.limits import BUSY_MESSAGE, TOO_LARGE_MESSAGE
 
 # A class name (SafetensorError, AttributeError, ...) or a path of the server in a message meant for a visitor.
 INTERNALS = re.compile(r"\b\w*(Error|Exception)\b|/tmp/|/work/|/home/|/root/")
@@ -71,33 +70,32 @@ def test_a_text_at_the_limit_still_reaches_the_model(registry):
     assert "tokens, this model reads at most 512" in registry.answer(SCRATCH_NAME, text, 5)["error"]  # its own limit
 
 
-def test_the_server_refuses_an_oversized_text(app_server):
-    answers = Client(app_server, verbose=False).predict("word " * 200_000 + "[MASK]", 5, SCRATCH_NAME, LORA_NAME,
-                                                        api_name="/fill_mask")
-    assert answers["left"]["error"].startswith("The text is too long: 1,000,006 characters")
+def test_the_server_refuses_an_oversized_text_and_a_40_mb_request_before_reading_it(app_server):
+    client = Client(app_server, verbose=False)
+    answers = client.predict("word " * 20_000 + "[MASK]", 5, SCRATCH_NAME, LORA_NAME, api_name="/fill_mask")
+    assert answers["left"]["error"].startswith("The text is too long: 100,006 characters")
+    began = time.perf_counter()
+    status, detail = call(app_server, ["word " * 8_000_000 + "[MASK]", 5, SCRATCH_NAME, LORA_NAME])
+    assert (status, detail) == (413, TOO_LARGE_MESSAGE) and time.perf_counter() - began < 10
+    assert client.predict("A [MASK].", 1, SCRATCH_NAME, LORA_NAME, api_name="/fill_mask")["left"]["masks"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # 2. One visitor cannot fill the queue
 
 
-def join(url: str, session_hash: str | None) -> tuple[int, str]:
+def call(url: str, data: list, session_hash: str | None = None) -> tuple[int, str]:
     """Queue one fill_mask call through the plain HTTP API without reading its result: (status, event id/detail)."""
-    body = {"data": ["A [MASK].", 1, SCRATCH_NAME, LORA_NAME], **({"session_hash": session_hash} if session_hash else {})}
-    request = urllib.request.Request(f"{url}gradio_api/call/fill_mask", json.dumps(body).encode(),
-                                     {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())["event_id"]
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())["detail"]
+    body = {"data": data, **({"session_hash": session_hash} if session_hash else {})}
+    response = httpx.post(f"{url}gradio_api/call/fill_mask", json=body, timeout=60)
+    return response.status_code, response.json()["event_id" if response.is_success else "detail"]
 
 
 @pytest.mark.parametrize("session_hash", ["flooding-student", None])
 def test_a_flooding_client_is_told_the_app_is_busy_and_others_are_still_served(app_server, session_hash):
     other_student = Client(app_server, verbose=False)
     other_student.predict("A [MASK].", 1, SCRATCH_NAME, LORA_NAME, api_name="/fill_mask")  # the models are loaded
-    answers = [join(app_server, session_hash) for _ in range(40)]
+    answers = [call(app_server, ["A [MASK].", 1, SCRATCH_NAME, LORA_NAME], session_hash) for _ in range(40)]
     refused = [detail for status, detail in answers if status == 503]
     assert 30 <= len(refused) <= 36 and set(refused) == {BUSY_MESSAGE}
     assert all(status in (200, 503) for status, _ in answers)

@@ -13,8 +13,37 @@ the behaviour end to end, so an upgrade that changes them fails there).
 from __future__ import annotations
 
 import gradio as gr
+from starlette.responses import JSONResponse
 
 BUSY_MESSAGE = "The app is busy: try again in a moment."
+TOO_LARGE_MESSAGE = "The request is too large: a sentence may have at most 5,000 characters."
+MAX_BODY_BYTES = 1_000_000  # 5,000 characters are at most 60 kB of JSON, even as unicode escapes
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a request body over `max_bytes` before anything reads it, so a 40 MB text costs the
+    server no JSON parsing and no memory. File uploads are left to Gradio's own `max_file_size`."""
+
+    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"].rstrip("/").endswith("/upload"):
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return await JSONResponse({"detail": TOO_LARGE_MESSAGE}, status_code=413)(scope, receive, send)
+        received = 0
+
+        async def receive_within_limit():  # a body sent without its length is counted as it arrives
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise ValueError(TOO_LARGE_MESSAGE)
+            return message
+
+        return await self.app(scope, receive_within_limit, send)
 
 
 def set_concurrency(demo: gr.Blocks, concurrency_id: str, limit: int) -> None:
