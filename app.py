@@ -4,7 +4,7 @@
 MLM_CHECKPOINTS_DIR points it at another checkpoints folder (default: checkpoints/ beside this file).
 
 Inference requests share one worker thread (mlm.inference) so two forward passes never fight over the two CPUs of a
-free Space; up to INFERENCE_CONCURRENCY requests wait on it at once and share its next padded forward pass, and
+free Space; up to FILL_MASK_CONCURRENCY requests wait on it at once and share its next padded forward pass, and
 torch keeps its default of one thread per core. Training runs in its own lower-priority process, so the page stays
 responsive.
 
@@ -23,9 +23,12 @@ from pathlib import Path
 from starlette.middleware import Middleware
 
 from mlm.ui import CSS, DemoApp, build_demo
-from mlm.ui.limits import BodyLimit, limit_per_session, set_concurrency
+from mlm.ui.guards import BodyLimit, limit_per_session, set_concurrency
+from mlm.ui.train_tab import upload_limit
 
-INFERENCE_CONCURRENCY = 16  # requests of the "inference" group waiting together on the worker: its largest batch
+# fill_mask requests (API and Compare tab) waiting together on the inference worker: its largest batch. The Explain
+# views compute in their own handlers, so their group ("inference") keeps one at a time.
+FILL_MASK_CONCURRENCY = 16
 QUEUE_SIZE = 128  # events waiting for a worker, all sessions together: about a second of work when batched
 EVENTS_PER_SESSION = 6  # a page opening fires 2-3 events at once; a student clicking Predict a few times is fine
 
@@ -36,12 +39,13 @@ def main() -> None:
     demo = build_demo(app)
     # Load the default models while the server starts, so the first student does not wait for them.
     threading.Thread(target=app.warm_up, daemon=True).start()
-    set_concurrency(demo, "inference", INFERENCE_CONCURRENCY)
+    set_concurrency(demo, "fill_mask", FILL_MASK_CONCURRENCY)
     demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
     limit_per_session(demo, EVENTS_PER_SESSION)
     port = os.environ.get("GRADIO_SERVER_PORT")
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME"), server_port=int(port) if port else None,
-                css=CSS, footer_links=["api"], app_kwargs={"middleware": [Middleware(BodyLimit)]})
+                css=CSS, footer_links=["api"], max_file_size=upload_limit(),  # no uploads where training is off
+                app_kwargs={"middleware": [Middleware(BodyLimit)]})
 
 
 if __name__ == "__main__":

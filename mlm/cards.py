@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+from mlm import readable
 from mlm.checkpoint import CONFIG_FILE, read_metrics
 
 PARAMETERS_IN_CARD = re.compile(r"\(([\d,]+) parameters")
@@ -29,6 +30,7 @@ def model_card(entry) -> dict:
         "training_data": training_data(folder),
         "valid_loss": valid[-1]["loss"] if valid else None,
         "perplexity": valid[-1]["perplexity"] if valid else None,
+        "summary": readable.plain_summary(train_config(folder)),
     }
 
 
@@ -36,6 +38,14 @@ def card_description(readme: str) -> str:
     """The first paragraph after the title of a model card written by mlm.train."""
     body = readme.split("\n# ", 1)[-1].split("\n\n")
     return body[1].strip() if len(body) > 1 and not body[1].startswith("-") else ""
+
+
+def train_config(folder: Path) -> dict:
+    """The run's train_config.json, or {} where it is missing or unreadable."""
+    try:
+        return json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def training_data(folder: Path) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import re
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future
@@ -30,8 +29,12 @@ from pathlib import Path
 
 import torch
 
+from mlm import readable
 from mlm.cards import model_card
 from mlm.checkpoint import METRICS_FILE
+# The checks live in mlm.checks; the app and the Explain views import them from here, beside the registry.
+from mlm.checks import (MASK, MAX_MASKS, MAX_TEXT_CHARS, MAX_TOP_K, check_length, check_masked,  # noqa: F401
+                        check_sentence, check_text, check_top_k, normalise_masks)
 from mlm.hub import UserError, hub_reachable
 from mlm.inference import LRUCache, MicroBatcher, masked_top_k
 from mlm.model import load_model, weights_file
@@ -39,40 +42,11 @@ from mlm.model import load_model, weights_file
 logger = logging.getLogger(__name__)
 
 MODELS_FILE = "models.json"
-MAX_MASKS = 10
-MAX_TOP_K = 20
-# Checked before anything else touches the text: tokenizing 40 MB held the only inference worker for 130 s.
-# What a model can read (512 tokens) is rarely over 3,000 characters, so this refuses next to nothing it could read.
-MAX_TEXT_CHARS = 5000
 EXTRA_MODELS = 2  # loaded models kept besides the configured ones (about 50-100 MB each)
-ANSWER_CACHE_SIZE = 1024
-ANSWER_CACHE_MAX_CHARS = 500  # cache short sentences only: bounds the cache to a few MB
-# What students type for a mask, in any case: BERT's [MASK] and RoBERTa's <mask>.
-MASK_SPELLINGS = re.compile(r"\[mask\]|<mask>", re.IGNORECASE)
-MASK = "[MASK]"
-
-
-def normalise_masks(text: str) -> str:
-    return MASK_SPELLINGS.sub(MASK, text)
-
-
-def check_text(text: str, top_k) -> str:
-    """The text with its masks normalised, or UserError with a short message for the student.
-
-    Every endpoint that takes a student's text calls this first; the length check comes before any other work."""
-    if isinstance(text, str) and len(text) > MAX_TEXT_CHARS:
-        raise UserError(f"The text is too long: {len(text):,} characters, at most {MAX_TEXT_CHARS:,}.")
-    if not isinstance(text, str) or not text.strip():
-        raise UserError("Type a sentence first, with [MASK] where a word is missing.")
-    text = normalise_masks(text.strip())
-    masks = text.count(MASK)
-    if masks == 0:
-        raise UserError("Your sentence has no [MASK]: put [MASK] where the model should guess a word.")
-    if masks > MAX_MASKS:
-        raise UserError(f"Use at most {MAX_MASKS} [MASK]s at a time (this text has {masks}).")
-    if not isinstance(top_k, (int, float)) or top_k != int(top_k) or not 1 <= top_k <= MAX_TOP_K:
-        raise UserError(f"Top-k must be a whole number from 1 to {MAX_TOP_K}.")
-    return text
+ANSWER_CACHE_SIZE = 256
+# Short sentences only: an answer repeats its text in each candidate's "sequence" (up to 200 times), so this bounds
+# the cache to about 15 MB at worst; a typical answer is a few kB.
+ANSWER_CACHE_MAX_CHARS = 300
 
 
 @dataclass(frozen=True)
@@ -236,16 +210,17 @@ class ModelRegistry:
         for name, indices in by_model.items():
             try:
                 model, tokenizer = self.load(name)
-                limit = model.config.max_position_embeddings
                 encoded = tokenizer([requests[i][1] for i in indices])["input_ids"]
-                readable = [(i, ids) for i, ids in zip(indices, encoded) if len(ids) <= limit]
+                fits = []
                 for i, ids in zip(indices, encoded):
-                    if len(ids) > limit:
-                        results[i] = UserError(f"The text is too long: {len(ids)} tokens, this model reads at most "
-                                               f"{limit}.")
-                guesses = masked_top_k(model, [ids for _, ids in readable], tokenizer.mask_token_id,
-                                       tokenizer.pad_token_id, max((requests[i][2] for i, _ in readable), default=1))
-                for (i, _), guess in zip(readable, guesses):
+                    try:
+                        check_length(len(ids), model)
+                        fits.append((i, ids))
+                    except UserError as error:
+                        results[i] = error
+                guesses = masked_top_k(model, [ids for _, ids in fits], tokenizer.mask_token_id,
+                                       tokenizer.pad_token_id, max((requests[i][2] for i, _ in fits), default=1))
+                for (i, _), guess in zip(fits, guesses):
                     results[i] = self.answer_from(name, tokenizer, requests[i][1], requests[i][2], guess)
             except Exception as error:  # noqa: BLE001 - one failing model errors only its own requests
                 for i in indices:
@@ -259,41 +234,34 @@ class ModelRegistry:
         scores, token_ids = guesses.scores[:, :top_k], guesses.token_ids[:, :top_k]
         masks = [
             {"index": int(position),
-             "candidates": [{"token": token, "score": float(score)}
+             "candidates": [readable.candidate(text, number, token, score)
                             for token, score in zip(tokenizer.convert_ids_to_tokens(ids.tolist()), row.tolist())]}
-            for position, ids, row in zip(positions, token_ids, scores)
+            for number, (position, ids, row) in enumerate(zip(positions, token_ids, scores))
         ]
-        return {"model": name, "tokens": tokenizer.convert_ids_to_tokens(input_ids[0].tolist()), "masks": masks,
-                "filled": fill_in(text, [m["candidates"][0]["token"] for m in masks])}
+        tokens = tokenizer.convert_ids_to_tokens(input_ids[0].tolist())
+        return {"model": name, "tokens": tokens, "masks": masks,
+                "filled": fill_in(text, [m["candidates"][0]["token"] for m in masks]),
+                "notes": readable.text_notes(text, tokens, set(tokenizer.all_special_tokens), tokenizer.unk_token),
+                # an uncased model reads and answers in lower case: "France is france." needs saying so
+                "uncased": bool(getattr(tokenizer, "do_lower_case", False))}
 
     def answer(self, name: str, text: str, top_k) -> dict:
         """One side of the comparison: predictions, or the reason there are none (never an exception)."""
-        return self.outcome(name, self.ask(name, text, top_k))
+        return one_side(name, self.ask(name, text, top_k).result)
 
     def fill_mask(self, text: str, top_k: int, left_model: str, right_model: str) -> dict:
         """Both models' top-k guesses for every [MASK] of `text`: {"left": answer, "right": answer}."""
         left, right = self.ask(left_model, text, top_k), self.ask(right_model, text, top_k)  # one batch for both
-        return {"left": self.outcome(left_model, left), "right": self.outcome(right_model, right)}
+        return {"left": one_side(left_model, left.result), "right": one_side(right_model, right.result)}
 
     def ask(self, name: str, text: str, top_k) -> Future:
         """Check the text, then the future answer; a refusal is a future that raises it."""
         try:
             return self.predict_later(name, check_text(text, top_k), top_k)
-        except Exception as error:  # noqa: BLE001 - reported by `outcome`, like a failed forward pass
+        except Exception as error:  # noqa: BLE001 - reported by `one_side`, like a failed forward pass
             refused: Future = Future()
             refused.set_exception(error)
             return refused
-
-    @staticmethod
-    def outcome(name: str, future: Future) -> dict:
-        """The answer, or {"model", "error"} in the user's terms; details of unexpected failures go to the log."""
-        try:
-            return future.result()
-        except UserError as error:
-            return {"model": name, "error": str(error)}
-        except Exception:  # noqa: BLE001 - a model that fails in any other way errors only its own column
-            logger.exception("model %r failed", name)
-            return {"model": name, "error": f"The model '{name}' failed on this text; try another model."}
 
     # ------------------------------------------------------------------------------------------------------------
     # Model cards
@@ -301,6 +269,25 @@ class ModelRegistry:
     def card(self, name: str) -> dict:
         """What a model is, how big, trained on what, how good (see mlm.cards)."""
         return model_card(self.entry(name))
+
+
+def encode(model, tokenizer, text: str, limit: int | None = None) -> dict:
+    """The model's inputs for a checked text, or UserError when it has more tokens than the model (or `limit`) reads."""
+    encoded = tokenizer(text, return_tensors="pt")
+    check_length(encoded["input_ids"].shape[1], model, limit)
+    return encoded
+
+
+def one_side(name: str, compute) -> dict:
+    """`compute()`, or {"model", "error"}: one model's column never raises, whatever goes wrong. The message is in
+    the user's terms only: an unexpected failure's class, text and traceback go to the server log."""
+    try:
+        return compute()
+    except UserError as error:
+        return {"model": name, "error": str(error)}
+    except Exception:  # noqa: BLE001 - a model that fails in any other way errors only its own column
+        logger.exception("model %r failed", name)
+        return {"model": name, "error": f"The model '{name}' failed on this text; try another model."}
 
 
 def fill_in(text: str, guesses: list[str]) -> str:

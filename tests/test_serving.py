@@ -21,7 +21,7 @@ from mlm.inference import MicroBatcher, chunks_by_tokens, masked_top_k
 from mlm.model import load_model
 from mlm.predict import MAX_TEXT_CHARS, ModelRegistry
 from mlm.ui import DemoApp
-from mlm.ui.limits import BUSY_MESSAGE, TOO_LARGE_MESSAGE
+from mlm.ui.guards import BUSY_MESSAGE, TOO_LARGE_MESSAGE
 
 # A class name (SafetensorError, AttributeError, ...) or a path of the server in a message meant for a visitor.
 INTERNALS = re.compile(r"\b\w*(Error|Exception)\b|/tmp/|/work/|/home/|/root/")
@@ -61,7 +61,8 @@ def test_a_40_mb_text_is_refused_before_tokenizing_fast_and_in_flat_memory(regis
 def test_the_ui_predict_event_refuses_an_oversized_text_before_tokenizing(app_project, tokenizer_must_not_run):
     outputs = DemoApp(app_project / "checkpoints").compare("x" * (MAX_TEXT_CHARS + 1) + " [MASK]", 5, SCRATCH_NAME,
                                                            LORA_NAME)
-    assert outputs[0].startswith("⚠️ The text is too long") and outputs[4].startswith("⚠️ The text is too long")
+    left_filled, right_filled = outputs[2]["value"], outputs[7]["value"]  # notes, then 5 outputs per side
+    assert left_filled.startswith("⚠️ The text is too long") and right_filled.startswith("⚠️ The text is too long")
 
 
 def test_a_text_at_the_limit_still_reaches_the_model(registry):
