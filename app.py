@@ -30,7 +30,7 @@ from mlm.ui.train_tab import upload_limit
 # views compute in their own handlers, so their group ("inference") keeps one at a time.
 FILL_MASK_CONCURRENCY = 16
 QUEUE_SIZE = 128  # events waiting for a worker, all sessions together: about a second of work when batched
-EVENTS_PER_SESSION = 6  # a page opening fires 2-3 events at once; a student clicking Predict a few times is fine
+EVENTS_PER_SESSION = 8  # a page opening fires up to 4 events at once (3 loads, a tick); then a few clicks
 
 
 def main() -> None:
