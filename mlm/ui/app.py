@@ -107,7 +107,7 @@ def build_demo(app: DemoApp) -> gr.Blocks:
             api_visibility="private", concurrency_id="status", concurrency_limit=2, show_progress="hidden",
         )
 
-        gr.api(app.registry.fill_mask, api_name="fill_mask", concurrency_id="inference")
+        gr.api(app.registry.fill_mask, api_name="fill_mask", concurrency_id="fill_mask")
         gr.api(app.registry.names, api_name="list_models", concurrency_limit=None)
         for name in ("score_candidates", "layer_guesses", "attention", "score_sentence", "training_view"):
             gr.api(getattr(app.explainer, name), api_name=name, concurrency_id="inference")

@@ -180,7 +180,7 @@ def build(app, demo: gr.Blocks) -> dict:
                for card, fill, token, chart, table in zip(cards, filled, tokens, charts, tables)]
     both = [notes, *outputs[0], *outputs[1]]
     predict_both = dict(fn=app.compare, inputs=[text, top_k, *pickers, hide], outputs=both,
-                        api_visibility="private", concurrency_id="inference")
+                        api_visibility="private", concurrency_id="fill_mask")
     # The page opens with the first example answered, so students see what to expect.
     for trigger in (submit.click, text.submit, hide.change, demo.load):
         trigger(**predict_both)
@@ -188,5 +188,5 @@ def build(app, demo: gr.Blocks) -> dict:
     examples.load_input_event.then(**predict_both)
     for picker, side_outputs in zip(pickers, outputs):
         picker.input(app.compare_one, [text, top_k, picker, hide], [notes, *side_outputs],
-                     api_visibility="private", concurrency_id="inference", trigger_mode="always_last")
+                     api_visibility="private", concurrency_id="fill_mask", trigger_mode="always_last")
     return {"text": text, "top_k": top_k, "left": pickers[0], "right": pickers[1]}
