@@ -42,13 +42,17 @@ from mlm.model import (
     save_model, scratch_model,
 )
 from mlm.progress import ProgressWriter, evaluations_expected
-from mlm.step import GradientAverager, GraphedTrainStep, TrainStep, build_optimizer, linear_schedule, set_learning_rate
+from mlm.step import (
+    GradientAverager, GraphedTrainStep, TrainStep, build_optimizer, linear_schedule, masking_schedule, set_learning_rate,
+)
 
 
 # Below this many tokens per step a GPU step is bound by kernel count, and bf16's extra cast kernels cost more
 # than its faster matmuls save (measured on an H100: batch 8 x 128 ran 3 epochs in 13.1 s with bf16, 11.8 s in
 # fp32 with TF32 matmuls).
 BF16_MIN_BATCH_TOKENS = 4096
+# The output layer's vocabulary is padded to a multiple of this on a GPU (see MaskedLMObjective.output_layer).
+GPU_VOCAB_MULTIPLE = 64
 # Several processes agree to abandon a validation pass every this many batches (one all-reduce each time).
 EVAL_STOP_CHECK_EVERY = 8
 # What stopped a run, as the trainer prints it (progress.json keeps the key).
@@ -141,10 +145,14 @@ class Trainer:
 
         inner = bert_for_masked_lm(self.model)
         batch_tokens = config.batch_size * config.block_size
-        objective = MaskedLMObjective(inner, max_predictions(batch_tokens, config.mask_probability))
+        highest_rate = max(config.mask_probability, config.mask_probability_end or 0.0)
+        vocab_multiple = GPU_VOCAB_MULTIPLE if self.device.type == "cuda" else 1
+        objective = MaskedLMObjective(inner, max_predictions(batch_tokens, highest_rate), vocab_multiple)
         valid_counts = (self.valid_labels != IGNORE_INDEX).sum(dim=1)
-        self.eval_objective = MaskedLMObjective(inner, max(1, int(valid_counts.max()) * config.eval_batch_size))
-        self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay, config.adam_betas, self.device)
+        self.eval_objective = MaskedLMObjective(inner, max(1, int(valid_counts.max()) * config.eval_batch_size),
+                                                vocab_multiple)
+        self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay, config.adam_betas, self.device,
+                                         config.adam_eps)
         self.start_step = 0
         if self.resume:
             self.start_step = ckpt.load_training_state(self.run_dir, self.optimizer)["step"]
@@ -237,6 +245,9 @@ class Trainer:
             if order is None or position == 0:
                 order = self.epoch_order(epoch)
             set_learning_rate(self.optimizer, config.lr * linear_schedule(step, self.total_steps, self.warmup_steps))
+            if config.mask_probability_end is not None:
+                self.step_fn.set_mask_rate(masking_schedule(step, self.total_steps, config.mask_probability,
+                                                            config.mask_probability_end))
             loss_sum += self.step_fn(self.batch(order, position))
             step += 1
             interval_steps += 1
@@ -253,12 +264,12 @@ class Trainer:
                 self.log({"step": step, "epoch": step / self.steps_per_epoch, "split": "train", "loss": mean_loss,
                           "lr": config.lr * linear_schedule(step - 1, self.total_steps, self.warmup_steps),
                           "tokens_per_s": tokens / seconds, "elapsed_s": train_seconds, "total_steps": self.total_steps,
-                          **self.memory_record()})
+                          **self.mask_rate_record(step - 1), **self.memory_record()})
                 bar.set_postfix(loss=f"{mean_loss:.3f}")
                 loss_sum.zero_()
                 interval_steps = 0
                 interval_start = time.perf_counter()
-            if end_of_epoch or (config.eval_every and step % config.eval_every == 0):
+            if self.evaluation_due(step, end_of_epoch):
                 evaluation_start = time.perf_counter()
                 self.evaluate(step)
                 interval_start += time.perf_counter() - evaluation_start  # evaluating is not training time
@@ -289,6 +300,12 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------------------
     # Evaluation, logging, checkpoints
+
+    def evaluation_due(self, step: int, end_of_epoch: bool) -> bool:
+        """After the last step, every `eval_epochs` epochs, and every `eval_every` steps if set."""
+        config = self.config
+        epoch_due = end_of_epoch and config.eval_epochs and (step // self.steps_per_epoch) % config.eval_epochs == 0
+        return step == self.total_steps or bool(epoch_due) or bool(config.eval_every and step % config.eval_every == 0)
 
     @torch.no_grad()
     def evaluate(self, step: int) -> None:
@@ -328,6 +345,12 @@ class Trainer:
         if step > 0 and loss < self.best_loss:  # kept on the device; written with the last checkpoint (saves time)
             self.best_loss = loss
             self.best_weights = {k: v.detach().clone() for k, v in self.trainable_state().items()}
+
+    def mask_rate_record(self, step: int) -> dict:
+        config = self.config
+        if config.mask_probability_end is None:
+            return {}
+        return {"mask_rate": masking_schedule(step, self.total_steps, config.mask_probability, config.mask_probability_end)}
 
     def memory_record(self) -> dict:
         if self.device.type != "cuda":
