@@ -261,6 +261,18 @@ def test_a_damaged_checkpoint_is_refused_on_resume_and_on_load(uninterrupted, tm
     assert "incomplete or damaged" in answer["error"] and "model.safetensors" in answer["error"]
 
 
+def test_a_kill_between_the_two_renames_of_best_leaves_best_in_place(tmp_path):
+    """best/ is swapped with two renames (best -> best.old, staging -> best); a kill between them is undone."""
+    (tmp_path / "best.old").mkdir()
+    (tmp_path / "best.old" / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / ".staging-x").mkdir()  # the new best/, never renamed into place
+    (tmp_path / "training_state").mkdir()
+    (tmp_path / "training_state" / "state.json").write_text('{"step": 3}')
+    assert durability.prepare_run_dir(tmp_path, resume=True)[0] == 3
+    assert (tmp_path / "best" / "model.safetensors").read_bytes() == b"weights"
+    assert not (tmp_path / "best.old").exists() and not list(tmp_path.glob(".staging-*"))
+
+
 def test_failed_save_leaves_no_staging_folder(tmp_path):
     with pytest.raises(OSError):
         with staged(tmp_path) as staging:
