@@ -243,7 +243,7 @@ def test_fresh_run_killed_before_its_first_checkpoint_restarts_in_place(corpus, 
     assert_same_run(run_dir, uninterrupted)
 
 
-def test_a_damaged_checkpoint_is_refused_on_resume_and_on_load(uninterrupted, tmp_path, capsys):
+def test_a_damaged_checkpoint_is_refused_on_resume_and_on_load(uninterrupted, tmp_path, capsys, caplog):
     run_dir = killed_copy(uninterrupted, tmp_path / "run")
     optimizer = run_dir / "training_state" / "optimizer.safetensors"
     data = bytearray(optimizer.read_bytes())
@@ -257,8 +257,10 @@ def test_a_damaged_checkpoint_is_refused_on_resume_and_on_load(uninterrupted, tm
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
     registry = ModelRegistry(tmp_path)
-    answer = registry.answer("run", "The [MASK] sat down.", 3)
-    assert "incomplete or damaged" in answer["error"] and "model.safetensors" in answer["error"]
+    with caplog.at_level(logging.WARNING, logger="mlm.predict"):
+        answer = registry.answer("run", "The [MASK] sat down.", 3)
+    assert "damaged or incomplete" in answer["error"] and "\n" not in answer["error"]  # the client: one line
+    assert "model.safetensors does not match" in caplog.text  # the log: which file
 
 
 def test_a_kill_between_the_two_renames_of_best_leaves_best_in_place(tmp_path):
@@ -349,7 +351,7 @@ def broken_copy(source: Path, folder: Path, change) -> Path:
     return folder
 
 
-def test_fill_mask_never_answers_nan(uninterrupted, tmp_path):
+def test_fill_mask_never_answers_nan(uninterrupted, tmp_path, caplog):
     def nan_weight(weights):
         weights["bert.embeddings.word_embeddings.weight"][5, 0] = float("nan")
 
@@ -359,7 +361,9 @@ def test_fill_mask_never_answers_nan(uninterrupted, tmp_path):
     broken_copy(uninterrupted, tmp_path / "nan-weights", nan_weight)
     broken_copy(uninterrupted, tmp_path / "huge-logits", huge_logits)
     registry = ModelRegistry(tmp_path)
-    answer = registry.fill_mask("The [MASK] sat down.", 3, "nan-weights", "huge-logits")
+    with caplog.at_level(logging.WARNING, logger="mlm.predict"):
+        answer = registry.fill_mask("The [MASK] sat down.", 3, "nan-weights", "huge-logits")
     strict_json(json.dumps(answer))
-    assert "non-finite weights" in answer["left"]["error"]
+    assert "cannot load the checkpoint of 'nan-weights'" in answer["left"]["error"]
+    assert "non-finite weights" in caplog.text  # refused at load, the reason logged
     assert "no usable scores" in answer["right"]["error"]
