@@ -257,10 +257,22 @@ def test_a_damaged_checkpoint_is_refused_on_resume_and_on_load(uninterrupted, tm
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
     registry = ModelRegistry(tmp_path)
-    answer = registry.answer("run", "The [MASK] sat down.", 3)
-    # the student reads that it is damaged; which file failed its checksum goes to the server log only
-    assert "damaged or incomplete" in answer["error"] and "model.safetensors" not in answer["error"]
-    assert any("model.safetensors does not match" in record.getMessage() for record in caplog.records)
+    with caplog.at_level(logging.WARNING, logger="mlm.predict"):
+        answer = registry.answer("run", "The [MASK] sat down.", 3)
+    assert "damaged or incomplete" in answer["error"] and "\n" not in answer["error"]  # the client: one line
+    assert "model.safetensors does not match" in caplog.text  # the log: which file
+
+
+def test_a_kill_between_the_two_renames_of_best_leaves_best_in_place(tmp_path):
+    """best/ is swapped with two renames (best -> best.old, staging -> best); a kill between them is undone."""
+    (tmp_path / "best.old").mkdir()
+    (tmp_path / "best.old" / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / ".staging-x").mkdir()  # the new best/, never renamed into place
+    (tmp_path / "training_state").mkdir()
+    (tmp_path / "training_state" / "state.json").write_text('{"step": 3}')
+    assert durability.prepare_run_dir(tmp_path, resume=True)[0] == 3
+    assert (tmp_path / "best" / "model.safetensors").read_bytes() == b"weights"
+    assert not (tmp_path / "best.old").exists() and not list(tmp_path.glob(".staging-*"))
 
 
 def test_failed_save_leaves_no_staging_folder(tmp_path):
@@ -339,7 +351,7 @@ def broken_copy(source: Path, folder: Path, change) -> Path:
     return folder
 
 
-def test_fill_mask_never_answers_nan(uninterrupted, tmp_path):
+def test_fill_mask_never_answers_nan(uninterrupted, tmp_path, caplog):
     def nan_weight(weights):
         weights["bert.embeddings.word_embeddings.weight"][5, 0] = float("nan")
 
@@ -349,7 +361,9 @@ def test_fill_mask_never_answers_nan(uninterrupted, tmp_path):
     broken_copy(uninterrupted, tmp_path / "nan-weights", nan_weight)
     broken_copy(uninterrupted, tmp_path / "huge-logits", huge_logits)
     registry = ModelRegistry(tmp_path)
-    answer = registry.fill_mask("The [MASK] sat down.", 3, "nan-weights", "huge-logits")
+    with caplog.at_level(logging.WARNING, logger="mlm.predict"):
+        answer = registry.fill_mask("The [MASK] sat down.", 3, "nan-weights", "huge-logits")
     strict_json(json.dumps(answer))
-    assert "non-finite weights" in answer["left"]["error"]
+    assert "cannot load the checkpoint of 'nan-weights'" in answer["left"]["error"]
+    assert "non-finite weights" in caplog.text  # refused at load, the reason logged
     assert "no usable scores" in answer["right"]["error"]
