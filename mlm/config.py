@@ -46,6 +46,9 @@ class TrainConfig:
     eval_every: int | None = None  # steps; evaluation also runs after every epoch
     log_every: int = 50
     max_minutes: float | None = None  # stop (resumably) after this long: for CPU demos
+    # A kill -9 loses at most this much work (0 turns either off); each costs one checkpoint write, ~0.5 s on a CPU
+    checkpoint_every_steps: int = 1000
+    checkpoint_every_minutes: float = 5.0
 
     def validate(self) -> "TrainConfig":
         positive = {"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
@@ -63,6 +66,9 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        for name in ("checkpoint_every_steps", "checkpoint_every_minutes"):
+            if not getattr(self, name) >= 0:
+                raise UserError(f"--{name.replace('_', '-')} must be 0 (off) or positive, got {getattr(self, name)}")
         if self.lora_rank and not self.pretrained:
             raise UserError("--lora-rank needs --pretrained: LoRA adapts a pretrained model")
         return self
@@ -114,6 +120,8 @@ FLAG_HELP = {
     "mixed_precision": "auto, no, bf16 or fp16 (auto: bf16 where it pays)",
     "eval_every": "also evaluate every N steps", "log_every": "log the training loss every N steps",
     "max_minutes": "stop resumably after this many minutes",
+    "checkpoint_every_steps": "also write a resumable checkpoint every N steps (0: off; default 1000)",
+    "checkpoint_every_minutes": "also write a resumable checkpoint every N minutes (0: off; default 5)",
 }
 
 
@@ -132,6 +140,7 @@ def argument_parser() -> argparse.ArgumentParser:
         "lr": float, "batch_size": int, "eval_batch_size": int, "warmup_ratio": float, "weight_decay": float,
         "max_grad_norm": float, "seed": int, "mixed_precision": str, "eval_every": int, "log_every": int,
         "max_minutes": float,
+        "checkpoint_every_steps": int, "checkpoint_every_minutes": float,
     }
     for name, kind in flag_types.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=FLAG_HELP[name])

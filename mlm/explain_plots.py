@@ -61,6 +61,11 @@ def token_axis(tokens: list[str]) -> dict:
                 tickangle=-45)
 
 
+def head_average(layer: list, position: int) -> list[float]:
+    """One layer's attention weights from `position`, averaged over its heads."""
+    return [sum(column) / len(layer) for column in zip(*(head[position] for head in layer))]
+
+
 def attention_figures(answer: dict, position: int) -> tuple[go.Figure, go.Figure]:
     """(every layer and head, the average over heads per layer): the weights from `position` over the tokens."""
     tokens, layers = answer["tokens"], answer["layers"]
@@ -76,7 +81,7 @@ def attention_figures(answer: dict, position: int) -> tuple[go.Figure, go.Figure
                         xaxis=token_axis(tokens),
                         title=f"Attention from {escape(tokens[position])} (position {position}), every head")
     every.update_yaxes(autorange="reversed", dtick=1, tickfont=dict(size=8))
-    averages = [[sum(values) / len(values) for values in zip(*(head[position] for head in layer))] for layer in layers]
+    averages = [head_average(layer, position) for layer in layers]
     average = go.Figure(go.Heatmap(z=averages, y=[f"layer {n}" for n in range(1, len(layers) + 1)],
                                    x=list(range(len(tokens))), customdata=[[escape(t) for t in tokens]] * len(layers),
                                    colorscale="Viridis", zmin=0, zmax=1, hovertemplate=hover))

@@ -31,6 +31,7 @@ import torch
 
 from mlm import readable
 from mlm.cards import model_card
+from mlm.durability import servable
 from mlm.checkpoint import METRICS_FILE
 # The checks live in mlm.checks; the app and the Explain views import them from here, beside the registry.
 from mlm.checks import (MASK, MAX_MASKS, MAX_TEXT_CHARS, MAX_TOP_K, check_length, check_masked,  # noqa: F401
@@ -106,7 +107,7 @@ class ModelRegistry:
         if not self.checkpoints_dir.is_dir():
             return []
         folders = sorted(p for p in self.checkpoints_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-        return [ModelEntry(folder.name, str(folder)) for folder in folders if weights_file(folder)]
+        return [ModelEntry(folder.name, str(folder)) for folder in folders if weights_file(folder) and servable(folder)]
 
     def entries(self) -> dict[str, ModelEntry]:
         configured = self.configured()
@@ -232,6 +233,8 @@ class ModelRegistry:
         """The JSON answer of one model for one text, from its forward-pass result (mlm.inference.MaskGuesses)."""
         input_ids, positions = torch.tensor([guesses.input_ids]), guesses.positions
         scores, token_ids = guesses.scores[:, :top_k], guesses.token_ids[:, :top_k]
+        if not scores.isfinite().all():  # NaN is not JSON: a broken model answers with an error, never with NaN
+            raise UserError(f"The model '{name}' gives no usable scores (not finite numbers): it is broken.")
         masks = [
             {"index": int(position),
              "candidates": [readable.candidate(text, number, token, score)

@@ -204,3 +204,15 @@ def test_bad_input_is_one_line_per_side(explainer, call, message):
 def test_training_view_bad_input(explainer, args, message):
     answer = explainer.training_view(*args)
     assert set(answer) == {"error"} and message in answer["error"]
+
+
+def test_the_attention_view_colours_the_sentence_by_the_picked_layer_and_head():
+    app = DemoApp(REPO / "checkpoints")
+    left, right, source, *pickers = app.explain_attention("The keys to the [MASK] are on the table.", SCRATCH_NAME,
+                                                          LORA_NAME)
+    assert source["value"] == 5 and [p["value"] for p in pickers] == [3, 0, 6, 0]  # the mask; last layers, averages
+    shown = app.show_attention(left, right, 5, 2, 0, 6, 4)
+    weights = [torch.tensor(left["layers"])[1, :, 5].mean(0), torch.tensor(right["layers"])[5, 3, 5]]
+    for spans, expected in zip((shown[2], shown[6]), weights):
+        assert [weight for _, weight in spans[::2]] == pytest.approx(expected.tolist(), abs=1e-3)
+    assert "layer 2, the average of its heads" in shown[3] and "layer 6, head 4" in shown[7]

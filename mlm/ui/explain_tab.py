@@ -65,7 +65,7 @@ def attention_view(answer: dict | None, position, layer, head) -> tuple:
         weights = chosen[min(int(head), len(chosen)) - 1][source]
         which = f"head {min(int(head), len(chosen))}"
     else:
-        weights = [sum(column) / len(chosen) for column in zip(*(h[source] for h in chosen))]
+        weights = explain_plots.head_average(chosen, source)
         which = "the average of its heads"
     spans = [span for token, weight in zip(tokens, weights) for span in ((token, round(weight, 3)), (" ", None))]
     note = (f"{len(layers)} layers × {len(chosen)} heads. Below: the sentence coloured by layer "
