@@ -50,7 +50,7 @@ def student_sentence(rng: random.Random) -> str:
     if rng.random() < 0.25:
         from mlm.ui.compare_tab import EXAMPLES
 
-        return rng.choice(EXAMPLES)[0]
+        return rng.choice(EXAMPLES)
     return f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} the [MASK] {rng.choice(PLACES)} with {rng.choice(SUBJECTS).lower()}."
 
 
@@ -196,8 +196,8 @@ async def big_text(app: App, megabytes: int) -> dict:
 async def run_all(args, url: str, models: list[str], pid: int) -> dict:
     app = App(url, models, pid)
     results = {}
-    for _ in range(20):  # warm-up
-        await app.fill_mask("warm-up", "A [MASK] warms up.")
+    for number in range(20):  # warm-up: new sentences, so the forward pass runs each time
+        await app.fill_mask("warm-up", f"A [MASK] warms up {number}.")
     results["students"] = await students(app, args.students, args.think_s, args.duration_s, seed=1)
     results["closed_loop"] = await closed_loop(app, args.closed_clients, args.closed_s,
                                                lambda rng: student_sentence(rng).replace(".", f" {rng.random()}."))

@@ -21,7 +21,7 @@ from mlm.inference import MicroBatcher, chunks_by_tokens, masked_top_k
 from mlm.model import load_model
 from mlm.predict import MAX_TEXT_CHARS, ModelRegistry
 from mlm.ui import DemoApp
-from mlm.ui.guards import BUSY_MESSAGE, TOO_LARGE_MESSAGE
+from mlm.ui.guards import BUSY_MESSAGE, TOO_LARGE_MESSAGE, limit_per_session
 
 # A class name (SafetensorError, AttributeError, ...) or a path of the server in a message meant for a visitor.
 INTERNALS = re.compile(r"\b\w*(Error|Exception)\b|/tmp/|/work/|/home/|/root/")
@@ -103,6 +103,37 @@ def test_a_flooding_client_is_told_the_app_is_busy_and_others_are_still_served(a
     began = time.perf_counter()
     other = other_student.predict("Another [MASK].", 1, SCRATCH_NAME, LORA_NAME, api_name="/fill_mask")
     assert other["left"]["masks"] and time.perf_counter() - began < 10
+
+
+def test_a_full_queue_answers_busy_in_the_users_terms():
+    """A real Gradio server with a queue of 2 behind one slow event: the next sessions are told the app is busy."""
+    import gradio as gr
+
+    from conftest import free_port
+
+    release = threading.Event()
+
+    def slow(text: str) -> str:
+        release.wait(30)
+        return text
+
+    with gr.Blocks() as demo:
+        gr.api(slow, api_name="slow")
+    demo.queue(max_size=2, default_concurrency_limit=1)
+    limit_per_session(demo, 8)
+    port = free_port()
+    demo.launch(server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        answers = []
+        for number in range(6):
+            answers.append(httpx.post(f"http://127.0.0.1:{port}/gradio_api/call/slow",
+                                      json={"data": ["x"], "session_hash": f"student-{number}"}, timeout=30))
+            time.sleep(0.2)  # the first one starts and holds the only worker
+        assert [a.status_code for a in answers].count(200) == 3  # one running, two queued
+        assert [a.json()["detail"] for a in answers if a.status_code == 503] == [BUSY_MESSAGE] * 3
+    finally:
+        release.set()
+        demo.close()
 
 
 # ----------------------------------------------------------------------------------------------------------------
