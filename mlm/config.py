@@ -46,6 +46,8 @@ class TrainConfig:
     eval_every: int | None = None  # steps; evaluation also runs after every epoch
     log_every: int = 50
     max_minutes: float | None = None  # stop (resumably) after this long: for CPU demos
+    time_budget: float | None = None  # minutes from process start; the LR schedule runs over this wall-clock time
+    snapshots: int = 0  # weight snapshots kept for the time-lapse (mlm/snapshots.py); 0 keeps none
 
     def validate(self) -> "TrainConfig":
         positive = {"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
@@ -59,10 +61,14 @@ class TrainConfig:
             raise UserError(f"--mask-probability must be between 0 and 1, got {self.mask_probability}")
         if self.mixed_precision not in {"auto", "no", "bf16", "fp16"}:
             raise UserError(f"--mixed-precision must be auto, no, bf16 or fp16, got {self.mixed_precision}")
-        for name in ("max_train_blocks", "max_eval_blocks", "eval_every", "max_minutes"):
+        for name in ("max_train_blocks", "max_eval_blocks", "eval_every", "max_minutes", "time_budget"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.snapshots < 0:
+            raise UserError(f"--snapshots must be 0 or more, got {self.snapshots}")
+        if self.snapshots and self.lora_rank:
+            raise UserError("--snapshots needs a full model: a LoRA run (--lora-rank) keeps no snapshots")
         if self.lora_rank and not self.pretrained:
             raise UserError("--lora-rank needs --pretrained: LoRA adapts a pretrained model")
         return self
@@ -114,6 +120,8 @@ FLAG_HELP = {
     "mixed_precision": "auto, no, bf16 or fp16 (auto: bf16 where it pays)",
     "eval_every": "also evaluate every N steps", "log_every": "log the training loss every N steps",
     "max_minutes": "stop resumably after this many minutes",
+    "time_budget": "train for this many minutes from the start, the LR schedule laid over that time (ends at 0)",
+    "snapshots": "keep N weight snapshots (log-spaced steps) for the time-lapse",
 }
 
 
@@ -131,7 +139,7 @@ def argument_parser() -> argparse.ArgumentParser:
         "mask_probability": float, "pretrained": str, "dropout": float, "lora_rank": int, "epochs": float,
         "lr": float, "batch_size": int, "eval_batch_size": int, "warmup_ratio": float, "weight_decay": float,
         "max_grad_norm": float, "seed": int, "mixed_precision": str, "eval_every": int, "log_every": int,
-        "max_minutes": float,
+        "max_minutes": float, "time_budget": float, "snapshots": int,
     }
     for name, kind in flag_types.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=FLAG_HELP[name])

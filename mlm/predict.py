@@ -167,33 +167,11 @@ class ModelRegistry:
     def predict(self, name: str, text: str, top_k: int) -> dict:
         """One model's answer for an already checked text (see `check_text`)."""
         model, tokenizer = self.load(name)
-        encoded = tokenizer(text, return_tensors="pt")
-        input_ids = encoded["input_ids"]
-        limit = model.config.max_position_embeddings
-        if input_ids.shape[1] > limit:
-            raise UserError(f"The text is too long: {input_ids.shape[1]} tokens, this model reads at most {limit}.")
-        positions = (input_ids[0] == tokenizer.mask_token_id).nonzero().squeeze(1)
-        with torch.inference_mode():
-            hidden = model.base_model(**encoded).last_hidden_state[0, positions]
-            probabilities = model.cls(hidden).float().softmax(dim=-1)
-            scores, token_ids = probabilities.topk(int(top_k), dim=-1)
-        masks = [
-            {"index": int(position),
-             "candidates": [{"token": token, "score": float(score)}
-                            for token, score in zip(tokenizer.convert_ids_to_tokens(ids.tolist()), row.tolist())]}
-            for position, ids, row in zip(positions, token_ids, scores)
-        ]
-        return {"model": name, "tokens": tokenizer.convert_ids_to_tokens(input_ids[0].tolist()), "masks": masks,
-                "filled": fill_in(text, [m["candidates"][0]["token"] for m in masks])}
+        return predict_with(model, tokenizer, name, text, top_k)
 
     def answer(self, name: str, text: str, top_k) -> dict:
         """One side of the comparison: predictions, or the reason there are none (never an exception)."""
-        try:
-            return self.predict(name, check_text(text, top_k), top_k)
-        except UserError as error:
-            return {"model": name, "error": str(error)}
-        except Exception as error:  # noqa: BLE001 - a model that fails in any other way errors only its own column
-            return {"model": name, "error": f"The model '{name}' failed: {type(error).__name__}: {error}"}
+        return guarded(name, lambda: self.predict(name, check_text(text, top_k), top_k))
 
     def fill_mask(self, text: str, top_k: int, left_model: str, right_model: str) -> dict:
         """Both models' top-k guesses for every [MASK] of `text`: {"left": answer, "right": answer}."""
@@ -220,6 +198,43 @@ class ModelRegistry:
             "valid_loss": valid[-1]["loss"] if valid else None,
             "perplexity": valid[-1]["perplexity"] if valid else None,
         }
+
+
+def mask_probabilities(model, tokenizer, text: str):
+    """(input ids, [MASK] positions, probabilities over the vocabulary at each mask) for a checked text."""
+    encoded = tokenizer(text, return_tensors="pt")
+    input_ids = encoded["input_ids"]
+    limit = model.config.max_position_embeddings
+    if input_ids.shape[1] > limit:
+        raise UserError(f"The text is too long: {input_ids.shape[1]} tokens, this model reads at most {limit}.")
+    positions = (input_ids[0] == tokenizer.mask_token_id).nonzero().squeeze(1)
+    with torch.inference_mode():
+        hidden = model.base_model(**encoded).last_hidden_state[0, positions]
+        return input_ids, positions, model.cls(hidden).float().softmax(dim=-1)
+
+
+def predict_with(model, tokenizer, name: str, text: str, top_k: int) -> dict:
+    """The answer JSON of `model` (any weights: a registry model, a training snapshot) for a checked text."""
+    input_ids, positions, probabilities = mask_probabilities(model, tokenizer, text)
+    scores, token_ids = probabilities.topk(int(top_k), dim=-1)
+    masks = [
+        {"index": int(position),
+         "candidates": [{"token": token, "score": float(score)}
+                        for token, score in zip(tokenizer.convert_ids_to_tokens(ids.tolist()), row.tolist())]}
+        for position, ids, row in zip(positions, token_ids, scores)
+    ]
+    return {"model": name, "tokens": tokenizer.convert_ids_to_tokens(input_ids[0].tolist()), "masks": masks,
+            "filled": fill_in(text, [m["candidates"][0]["token"] for m in masks])}
+
+
+def guarded(name: str, compute) -> dict:
+    """`compute()`, or {"model", "error"} with the reason it failed (never an exception)."""
+    try:
+        return compute()
+    except UserError as error:
+        return {"model": name, "error": str(error)}
+    except Exception as error:  # noqa: BLE001 - a model that fails in any other way errors only its own column
+        return {"model": name, "error": f"The model '{name}' failed: {type(error).__name__}: {error}"}
 
 
 def fill_in(text: str, guesses: list[str]) -> str:

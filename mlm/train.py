@@ -34,7 +34,9 @@ from mlm.model import (
     MaskedLMObjective, add_lora, bert_for_masked_lm, load_lora_weights, parameter_count, pretrained_model,
     save_model, scratch_model,
 )
-from mlm.step import GradientAverager, GraphedTrainStep, TrainStep, build_optimizer, linear_schedule, set_learning_rate
+from mlm.schedule import schedule_for
+from mlm.snapshots import SnapshotRecorder, card_section
+from mlm.step import GradientAverager, GraphedTrainStep, TrainStep, build_optimizer, set_learning_rate
 
 
 # Below this many tokens per step a GPU step is bound by kernel count, and bf16's extra cast kernels cost more
@@ -77,6 +79,7 @@ class Trainer:
         torch.backends.cudnn.allow_tf32 = True
         self.stop_reason: str | None = None
         self.created = time.monotonic()
+        self.eval_seconds = 0.0
 
     # ------------------------------------------------------------------------------------------------------------
     # Set-up
@@ -120,9 +123,11 @@ class Trainer:
         valid_counts = (self.valid_labels != IGNORE_INDEX).sum(dim=1)
         self.eval_objective = MaskedLMObjective(inner, max(1, int(valid_counts.max()) * config.eval_batch_size))
         self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay, config.adam_betas, self.device)
-        self.start_step = 0
+        self.start_step, resumed_state = 0, None
         if self.resume:
-            self.start_step = ckpt.load_training_state(self.run_dir, self.optimizer)["step"]
+            resumed_state = ckpt.load_training_state(self.run_dir, self.optimizer)
+            self.start_step = resumed_state["step"]
+        self.schedule = schedule_for(self, resumed_state)  # over the steps, or over --time-budget
         if config.compile:
             objective = torch.compile(objective)
         if config.mixed_precision == "fp16":
@@ -134,6 +139,7 @@ class Trainer:
         use_graphs = config.cuda_graphs and self.device.type == "cuda" and config.mixed_precision != "fp16"
         self.step_fn = (GraphedTrainStep(*step_args, example_batch=self.train_blocks[: config.batch_size])
                         if use_graphs else TrainStep(*step_args))
+        self.snapshots = SnapshotRecorder(self, config.snapshots)
 
     def initial_model(self):
         """Fresh (scratch or pretrained, LoRA-wrapped if asked) or, for --resume, the run's own last weights."""
@@ -175,21 +181,23 @@ class Trainer:
         self.best_loss = min((m["loss"] for m in ckpt.read_metrics(self.run_dir) if m["split"] == "valid"), default=math.inf)
         if self.start_step == 0:
             self.evaluate(0)
+            self.snapshots.maybe_take(0, 0.0)
 
         from tqdm.auto import tqdm
 
         bar = tqdm(total=self.total_steps, initial=self.start_step, disable=not self.is_main, dynamic_ncols=True)
         train_seconds, loss_sum, interval_start, interval_steps = 0.0, torch.zeros((), device=self.device), time.perf_counter(), 0
         order, step = None, self.start_step
-        while step < self.total_steps:
+        while not self.schedule.done(step):
             epoch, position = divmod(step, self.steps_per_epoch)
             if order is None or position == 0:
                 order = self.epoch_order(epoch)
-            set_learning_rate(self.optimizer, config.lr * linear_schedule(step, self.total_steps, self.warmup_steps))
+            set_learning_rate(self.optimizer, config.lr * self.schedule.multiplier(step))
             loss_sum += self.step_fn(self.batch(order, position))
             step += 1
             interval_steps += 1
             bar.update(1)
+            self.total_steps = self.schedule.total(step)  # projected from the pace under a time budget
             end_of_epoch = step % self.steps_per_epoch == 0 or step == self.total_steps
             if step % config.log_every == 0 or end_of_epoch:
                 mean_loss = (self.accelerator.reduce(loss_sum, "mean") / interval_steps).item()  # the only sync
@@ -197,23 +205,25 @@ class Trainer:
                 train_seconds += seconds
                 tokens = interval_steps * self.global_batch * config.block_size
                 self.log({"step": step, "epoch": step / self.steps_per_epoch, "split": "train", "loss": mean_loss,
-                          "lr": config.lr * linear_schedule(step - 1, self.total_steps, self.warmup_steps),
+                          "lr": config.lr * self.schedule.logged_multiplier(step),
                           "tokens_per_s": tokens / seconds, "elapsed_s": train_seconds, "total_steps": self.total_steps,
                           **self.memory_record()})
                 bar.set_postfix(loss=f"{mean_loss:.3f}")
                 loss_sum.zero_()
                 interval_steps = 0
                 interval_start = time.perf_counter()
+            evaluation_start = time.perf_counter()
             if end_of_epoch or (config.eval_every and step % config.eval_every == 0):
-                evaluation_start = time.perf_counter()
                 self.evaluate(step)
-                interval_start += time.perf_counter() - evaluation_start  # evaluating is not training time
+            self.snapshots.maybe_take(step, self.schedule.progress(step))  # evaluates first when one is due
+            interval_start += time.perf_counter() - evaluation_start  # evaluating is not training time
             if self.should_stop(step):
                 break
         bar.close()
         if step < self.total_steps and step % self.steps_per_epoch and self.stop_reason:
             self.evaluate(step)  # a stopped run still leaves a validation point at its last step
         self.save(step)
+        self.snapshots.finish(step)
         if self.is_main:
             state = "finished" if step >= self.total_steps else f"stopped ({self.stop_reason}); resume with --resume {self.run_dir}"
             print(f"{state} at step {step}; checkpoint in {self.run_dir}", file=sys.stderr)
@@ -226,6 +236,7 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, step: int) -> None:
+        started = time.perf_counter()
         model = bert_for_masked_lm(self.model).eval()
         totals = torch.zeros(4, device=self.device, dtype=torch.float64)  # loss sum, targets, top-1 hits, top-5 hits
         autocast = self.autocast or torch.float32
@@ -250,6 +261,8 @@ class Trainer:
         if step > 0 and loss < self.best_loss:  # kept on the device; written with the last checkpoint (saves time)
             self.best_loss = loss
             self.best_weights = {k: v.detach().clone() for k, v in self.trainable_state().items()}
+        self.eval_seconds = time.perf_counter() - started
+        self.snapshots.after_validation(step, loss)
 
     def memory_record(self) -> dict:
         if self.device.type != "cuda":
@@ -270,7 +283,8 @@ class Trainer:
                        f"(non-blank lines: {lines}; {self.config.block_size}-token blocks).")
         command = "python -m mlm.train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         return ckpt.model_card(Path(self.config.output_dir).name, description, vars(self.config),
-                               ckpt.read_metrics(self.run_dir), command, machine_name(self.device, self.accelerator.num_processes))
+                               ckpt.read_metrics(self.run_dir), command, machine_name(self.device, self.accelerator.num_processes)
+                               ) + card_section(self.run_dir)
 
     def save_model_files(self, folder: Path) -> None:
         save_model(self.model, self.tokenizer, folder, base_model=self.config.pretrained)
