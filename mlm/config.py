@@ -96,6 +96,11 @@ PRESETS: dict[str, dict] = {
     # (on an H100: 3.73 after 20 epochs in 47 s where 40 epochs at 15%/0.1 needed 72 s for 3.72)
     "fast": dict(lr=2e-3, epochs=20, batch_size=128, eval_batch_size=256, warmup_ratio=0.06, weight_decay=0.01,
                  adam_betas=(0.9, 0.98), mask_probability=0.3, dropout=0.0),
+    # A lesson-sized run on a laptop CPU: 5 minutes from start (--time-budget 10 for ten), the LR schedule laid over
+    # that time. `fast`'s recipe at a quarter of its batch: a CPU manages ~60 steps a minute of 32 x 128 tokens,
+    # and the plateau yields to optimizer steps, not to tokens per step (benchmarks/results_cpu_budget.md).
+    "budget": dict(time_budget=5.0, lr=1e-3, epochs=100, batch_size=32, eval_batch_size=64, warmup_ratio=0.06,
+                   weight_decay=0.01, adam_betas=(0.9, 0.98), mask_probability=0.3, dropout=0.0, log_every=10),
 }
 
 

@@ -16,18 +16,21 @@ import gradio as gr
 from mlm.checkpoint import METRICS_FILE
 from mlm.predict import ModelRegistry
 from mlm.runs import PROJECT_DIR, TrainingJobs
-from mlm.ui import compare_tab, curves_tab, train_tab
+from mlm.timelapse import SnapshotModels
+from mlm.ui import compare_tab, curves_tab, timelapse_tab, train_tab
 from mlm.ui.common import training_allowed
 
 TICK_SECONDS = 2.0
 
 
-class DemoApp(compare_tab.CompareHandlers, train_tab.TrainHandlers, curves_tab.CurvesHandlers):
+class DemoApp(compare_tab.CompareHandlers, train_tab.TrainHandlers, curves_tab.CurvesHandlers,
+              timelapse_tab.TimelapseHandlers):
     """The app's state: one model registry, one training-job slot; the tabs' handlers come from the mixins."""
 
     def __init__(self, checkpoints_dir: str | Path = PROJECT_DIR / "checkpoints"):
         self.checkpoints_dir = Path(checkpoints_dir)
         self.registry = ModelRegistry(self.checkpoints_dir)
+        self.snapshot_models = SnapshotModels(self.registry)
         self.jobs = TrainingJobs(self.checkpoints_dir)
         self.csv_dir = Path(tempfile.mkdtemp(prefix="mlm-metrics-"))
 
@@ -71,6 +74,8 @@ def build_demo(app: DemoApp) -> gr.Blocks:
             train = train_tab.build(app)
         with gr.Tab("Curves"):
             curves = curves_tab.build(app, demo)
+        with gr.Tab("Time-lapse"):
+            timelapse_tab.build(app, demo)
 
         last_seen = gr.State(app.snapshot())  # what a new page shows: the timer sends only what changes after
         gr.Timer(TICK_SECONDS).tick(
@@ -82,4 +87,7 @@ def build_demo(app: DemoApp) -> gr.Blocks:
 
         gr.api(app.registry.fill_mask, api_name="fill_mask", concurrency_id="inference")
         gr.api(app.registry.names, api_name="list_models", concurrency_limit=None)
+        gr.api(app.snapshot_models.list_snapshots, api_name="list_snapshots", concurrency_limit=None)
+        gr.api(app.snapshot_models.fill_mask_at, api_name="fill_mask_at", concurrency_id="inference")
+        gr.api(app.snapshot_models.candidate_history, api_name="candidate_history", concurrency_id="inference")
     return demo

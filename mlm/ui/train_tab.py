@@ -9,6 +9,8 @@ from mlm.hub import UserError, hub_reachable
 from mlm.runs import PROJECT_DIR, RunStatus, TrainRequest
 from mlm.ui.common import duration, escape, number, optional, training_allowed
 
+LESSON_MINUTES = 5.0  # "Train for 5 minutes": a --time-budget run that fits a lesson
+APP_SNAPSHOTS = 6  # every run started here keeps snapshots for the Time-lapse tab
 DEFAULT_DATA_DIR = PROJECT_DIR.parent / "shared" / "data" / "wikitext-2-v1"
 SOURCE_LABELS = {"hub": "WikiText-2 from the Hugging Face hub", "folder": "A local WikiText folder",
                  "file": "A text file I upload"}
@@ -34,7 +36,7 @@ class TrainHandlers:
     """Train's handlers, mixed into DemoApp (needs `self.jobs`)."""
 
     def start_training(self, preset: str, source: str, data_dir: str, upload: str | None, epochs, lr, batch_size,
-                       max_train_blocks, max_minutes) -> str:
+                       max_train_blocks, max_minutes, five_minutes: bool = False) -> str:
         if not training_allowed():
             return "Training is off on this public Space. The operator can enable it with `MLM_ALLOW_TRAINING=1`."
         try:
@@ -42,6 +44,7 @@ class TrainHandlers:
                 preset=preset, data_source=source, data_dir=(data_dir or "").strip(), text_file=upload or "",
                 epochs=optional(epochs, float), lr=optional(lr, float), batch_size=optional(batch_size, int),
                 max_train_blocks=optional(max_train_blocks, int), max_minutes=optional(max_minutes, float),
+                time_budget=LESSON_MINUTES if five_minutes else None, snapshots=APP_SNAPSHOTS,
             )
             run_dir = self.jobs.start(request)
         except UserError as error:
@@ -81,12 +84,15 @@ def build(app) -> dict:
                                    minimum=1, interactive=allowed)
             max_minutes = gr.Number(5, label="Cap: minutes (then it stops with a resumable checkpoint)",
                                     minimum=0.1, interactive=allowed)
+            five_minutes = gr.Checkbox(False, label=f"Train for {LESSON_MINUTES:g} minutes",  # mlm/schedule.py
+                                       info="the learning rate warms up and decays to 0 over the minutes from Start",
+                                       interactive=allowed, elem_id="train-five-minutes")
     with gr.Row():
         start = gr.Button("Start training", variant="primary", interactive=allowed and not app.jobs.running())
         stop = gr.Button("Stop", interactive=allowed)
     status = gr.Markdown(app.training_status())
     preset.change(preset_defaults, preset, [lr, batch_size], api_visibility="private")
     start.click(app.start_training, [preset, source, data_dir, upload, epochs, lr, batch_size, max_blocks,
-                                     max_minutes], status, api_visibility="private")
+                                     max_minutes, five_minutes], status, api_visibility="private")
     stop.click(app.stop_training, None, status, api_visibility="private")
     return {"status": status, "start": start}

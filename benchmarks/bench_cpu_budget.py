@@ -1,0 +1,104 @@
+"""A run that fits a lesson, on a CPU: validation loss after 5 and 10 minutes.
+
+    python benchmarks/bench_cpu_budget.py --data-dir ../shared/data/wikitext-2-v1            # 6 runs, ~50 minutes
+    python benchmarks/bench_cpu_budget.py --data-dir ... --minutes 0.3 --output /tmp/smoke   # a smoke test
+
+Runs, one after the other, each as its own `python -m mlm.train` process on a quiet machine:
+  * `--preset budget --time-budget M`: the learning-rate schedule laid over M minutes counted from the process's
+    start (set-up, evaluations and the final checkpoint included), so it ends with the learning rate at 0;
+  * `--preset fast --max-minutes M` and `--preset scratch --max-minutes M`: today's presets cut by the cap, which
+    counts training only (after set-up), mid-schedule.
+For each it records the final validation loss (fixed 15% masks, the whole validation set), steps, the learning rate
+at the end, the wall-clock time of the whole command, and whether the loss left the plateau (<= 5.5).
+Results: benchmarks/results_cpu_budget.json and .md (or --output STEM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mlm.checkpoint import read_metrics  # noqa: E402
+from mlm.snapshots import PLATEAU_EXIT_LOSS  # noqa: E402
+
+RUNS = (("budget", "--time-budget"), ("fast", "--max-minutes"), ("scratch", "--max-minutes"))
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def train(preset: str, flag: str, minutes: float, data_dir: str, folder: Path) -> dict:
+    run_dir = folder / f"{preset}-{minutes:g}min"
+    command = [sys.executable, "-m", "mlm.train", "--preset", preset, flag, f"{minutes:g}", "--data-dir", data_dir,
+               "--output-dir", str(run_dir)]
+    started = time.monotonic()
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    wall = time.monotonic() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {result.stderr[-2000:]}")
+    records = read_metrics(run_dir)
+    valid = [r for r in records if r["split"] == "valid"]
+    train_records = [r for r in records if r["split"] == "train"]
+    best = min(r["loss"] for r in valid)
+    return {"preset": preset, "limit": f"{flag} {minutes:g}", "minutes": minutes, "wall_s": wall,
+            "steps": valid[-1]["step"], "epochs": valid[-1]["epoch"], "valid_loss": valid[-1]["loss"],
+            "best_valid_loss": best, "top1": valid[-1]["top1"], "final_lr": train_records[-1]["lr"] if train_records else None,
+            "left_plateau": best <= PLATEAU_EXIT_LOSS,
+            "tokens_per_s": train_records[-1]["tokens_per_s"] if train_records else None,
+            "command": "python -m mlm.train " + " ".join(command[3:]).replace(str(run_dir), "RUN")}
+
+
+def write_results(results: dict, stem: Path) -> None:
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    rows = "\n".join(
+        f"| {r['preset']} | `{r['limit']}` | {r['wall_s']:.0f} | {r['steps']:,} | {r['epochs']:.2f} | "
+        f"{r['valid_loss']:.3f} | {r['top1']:.3f} | {'-' if r['final_lr'] is None else f'{r['final_lr']:.2e}'} | "
+        f"{'yes' if r['left_plateau'] else 'no'} |" for r in results["runs"])
+    stem.with_suffix(".md").write_text(
+        f"# A run that fits a lesson: {results['machine']}\n\n"
+        f"torch {results['torch']}, {results['threads']} threads, {results['date']}. Validation loss on "
+        f"`wiki.valid.tokens` with fixed 15% masks; the plateau is left at loss <= {PLATEAU_EXIT_LOSS}. "
+        f"`--time-budget` counts from the process's start; `--max-minutes` counts training only, so those "
+        f"commands run longer than their minutes (see wall s).\n\n"
+        f"| preset | limit | wall s | steps | epochs | valid loss | top-1 | final lr | left the plateau |\n"
+        f"| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n{rows}\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--minutes", type=float, nargs="+", default=[5.0, 10.0])
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results_cpu_budget"),
+                        help="results stem: STEM.json and STEM.md")
+    args = parser.parse_args()
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="cpu-budget-") as folder:
+        for minutes in args.minutes:
+            for preset, flag in RUNS:
+                runs.append(train(preset, flag, minutes, args.data_dir, Path(folder)))
+                print(json.dumps(runs[-1]), flush=True)
+    write_results({"machine": f"CPU {cpu_name()}", "threads": torch.get_num_threads(), "torch": torch.__version__,
+                   "date": str(date.today()), "runs": runs}, Path(args.output))
+
+
+if __name__ == "__main__":
+    main()
