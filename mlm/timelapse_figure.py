@@ -40,7 +40,7 @@ def history_figure(history: dict, valid: list[dict], current_step: int | None) -
                 line=dict(color=COLOURS[number % len(COLOURS)]),
                 hovertemplate=f"{label}: %{{y:.3f}} at step %{{customdata}}<extra></extra>",
                 customdata=[s["step"] for s in snapshots]), row=row, col=1)
-        figure.update_yaxes(range=[0, 1], tickformat=".0%", row=row, col=1)
+        figure.update_yaxes(rangemode="tozero", tickformat=".2~%", row=row, col=1)
     figure.add_trace(go.Scatter(x=[x_position(r["step"]) for r in valid], y=[r["loss"] for r in valid],
                                 mode="lines+markers", name="validation loss", line=dict(color="grey"),
                                 marker=dict(size=4), showlegend=False), row=rows, col=1)
@@ -51,7 +51,8 @@ def history_figure(history: dict, valid: list[dict], current_step: int | None) -
     if current_step is not None:  # the snapshot shown: a vertical line through every panel
         losses = [r["loss"] for r in valid] or [s["valid_loss"] for s in snapshots]
         for row in range(1, rows + 1):
-            low, high = (0, 1) if row < rows else (min(losses), max(losses))
+            probabilities = [p for c in masks[row - 1]["candidates"] for p in c["probabilities"]] if row < rows else []
+            low, high = (0, max(probabilities)) if row < rows else (min(losses), max(losses))
             figure.add_trace(go.Scatter(x=[x_position(current_step)] * 2, y=[low, high], mode="lines",
                                         line=dict(color=MARK, dash="dash", width=2), showlegend=False,
                                         hoverinfo="skip"), row=row, col=1)

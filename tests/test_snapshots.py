@@ -33,7 +33,7 @@ def models(app_project) -> SnapshotModels:
 def test_a_run_with_four_snapshots_lists_them_with_their_validation_points(app_project):
     run = app_project / "checkpoints" / "scratch-wikitext2"  # trained with --snapshots 4 (8 steps)
     entries = read_manifest(run)
-    assert [e["step"] for e in entries] == planned_steps(4, 8) == [0, 1, 2, 8]
+    assert [e["step"] for e in entries] == planned_steps(4, 8) == [0, 1, 3, 8]
     valid = {m["step"]: m["loss"] for m in read_metrics(run) if m["split"] == "valid"}
     assert [e["valid_loss"] for e in entries] == [valid[e["step"]] for e in entries]
     assert entries[0]["format"] == "seed" and entries[-1]["format"] == "run" and entries[-1]["file"] is None
@@ -75,7 +75,7 @@ def test_the_random_start_is_rebuilt_from_the_seed(app_project):
 def test_list_snapshots_and_the_last_snapshot_is_the_run(models):
     assert SCRATCH_NAME in models.runs() and "MiniLM + LoRA (WikiText-2)" not in models.runs()
     listed = models.list_snapshots(SCRATCH_NAME)
-    assert [s["step"] for s in listed] == [0, 1, 2, 8] and set(listed[0]) == {"step", "epoch", "valid_loss"}
+    assert [s["step"] for s in listed] == [0, 1, 3, 8] and set(listed[0]) == {"step", "epoch", "valid_loss"}
     last = models.fill_mask_at(SENTENCE, 5, SCRATCH_NAME, 8)
     assert last == models.registry.fill_mask(SENTENCE, 5, SCRATCH_NAME, SCRATCH_NAME)["left"]
     first = models.fill_mask_at(SENTENCE, 5, SCRATCH_NAME, 0)
@@ -84,14 +84,14 @@ def test_list_snapshots_and_the_last_snapshot_is_the_run(models):
 
 
 def test_a_stored_snapshot_predicts_like_its_weights_in_the_hugging_face_pipeline(models, app_project, tmp_path):
-    """Independent check of decoding: the decoded step-2 weights saved as a plain checkpoint, read by HF's pipeline."""
+    """Independent check of decoding: the decoded step-3 weights saved as a plain checkpoint, read by HF's pipeline."""
     from transformers import pipeline
 
-    model, tokenizer = models.model_at(SCRATCH_NAME, 2)
+    model, tokenizer = models.model_at(SCRATCH_NAME, 3)
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     expected = pipeline("fill-mask", model=str(tmp_path), top_k=5)(SENTENCE)
-    answer = models.fill_mask_at(SENTENCE, 5, SCRATCH_NAME, 2)
+    answer = models.fill_mask_at(SENTENCE, 5, SCRATCH_NAME, 3)
     assert [c["token"] for c in answer["masks"][0]["candidates"]] == [e["token_str"] for e in expected]
     for candidate, reference in zip(answer["masks"][0]["candidates"], expected):
         assert candidate["score"] == pytest.approx(reference["score"], rel=1e-4)
@@ -101,7 +101,7 @@ def test_candidate_history_ends_at_the_final_probabilities_for_every_mask(models
     text = "The [MASK] of the river is in the [MASK] mountains."
     history = models.candidate_history(text, SCRATCH_NAME, 3)
     final = models.registry.fill_mask(text, 3, SCRATCH_NAME, SCRATCH_NAME)["left"]
-    assert [s["step"] for s in history["snapshots"]] == [0, 1, 2, 8] and len(history["masks"]) == 2
+    assert [s["step"] for s in history["snapshots"]] == [0, 1, 3, 8] and len(history["masks"]) == 2
     for mask, answer in zip(history["masks"], final["masks"]):
         assert [c["token"] for c in mask["candidates"]] == [c["token"] for c in answer["candidates"]]
         for candidate, reference in zip(mask["candidates"], answer["candidates"]):
@@ -144,10 +144,10 @@ def test_a_kill_during_a_snapshot_write_leaves_the_earlier_snapshots_intact(tmp_
     result = subprocess.run(command, cwd=REPO, env=OFFLINE_ENV, capture_output=True, text=True)
     assert result.returncode == -9
     entries = read_manifest(run)
-    assert [e["step"] for e in entries] == [0, 1]  # the step-2 snapshot never made it into the manifest
+    assert [e["step"] for e in entries] == [0, 1]  # the step-3 snapshot never made it into the manifest
     tensors = load_file(run / SNAPSHOT_DIR / entries[1]["file"])  # complete and readable
     assert sum(t.numel() for t in tensors.values()) > 1_000_000
-    assert not (run / SNAPSHOT_DIR / "step-0000002.safetensors").exists()
+    assert not (run / SNAPSHOT_DIR / "step-0000003.safetensors").exists()
     assert len(list((run / SNAPSHOT_DIR).glob("*.tmp"))) == 1  # the half-written file, under its temporary name
 
 
@@ -159,7 +159,7 @@ def test_a_resumed_run_keeps_its_snapshots(tmp_path):
     subprocess.run([sys.executable, "-m", "mlm.train", "--resume", str(run), "--epochs", "2"], cwd=REPO,
                    env=OFFLINE_ENV, check=True, capture_output=True)
     after = read_manifest(run)
-    assert [e["step"] for e in after] == [0, 1, 2, 8, 16]
+    assert [e["step"] for e in after] == [0, 1, 3, 8, 16]
     assert after[:3] == before[:3] and all((run / SNAPSHOT_DIR / f).read_bytes() == b for f, b in files.items())
     # the run's step-8 weights moved on, so that snapshot was written out before training went on, faithfully
     assert after[3]["file"] and after[3]["format"] in {"int4", "int8", "fp16"} and after[-1]["format"] == "run"

@@ -4,26 +4,18 @@ from __future__ import annotations
 
 import re
 
-import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from conftest import SCRATCH_NAME
-from test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS
+from test_e2e_browser import SCREENSHOTS, page  # noqa: F401 - the module-scoped browser page fixture
 
 
-@pytest.fixture(scope="module")
-def page(app_server):
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(app_server)
-        yield page
-        browser.close()
+TOKENS_JS = """() => [...document.querySelectorAll('#timelapse-table [role=gridcell][data-col="1"]')]
+    .map(cell => cell.innerText.trim()).join('|')"""
 
 
 def table_tokens(page) -> list[str]:
-    rows = page.locator("#timelapse-table [role=grid] tbody tr")
-    return [rows.nth(i).locator("td").nth(1).inner_text().strip() for i in range(rows.count())]
+    return page.evaluate(TOKENS_JS).split("|")
 
 
 def move_slider_to(page, fraction: float) -> None:
@@ -39,22 +31,18 @@ def test_moving_the_slider_redraws_the_top_k(page):
     caption = page.locator("#timelapse-caption")
     expect(caption).to_contain_text("Snapshot 4 of 4", timeout=60_000)  # opens at the final model
     expect(page.locator("#timelapse-history .js-plotly-plot")).to_be_visible()
+    expect(page.locator("#timelapse-table [role=grid]")).to_have_attribute("aria-rowcount", "6")  # heading + top-5
     final = table_tokens(page)
     assert len(final) == 5
     move_slider_to(page, 0.0)
     expect(caption).to_contain_text("Snapshot 1 of 4: step 0", timeout=30_000)
     expect(page.locator("#timelapse-filled textarea")).not_to_have_value("")
-    page.wait_for_function("""(final) => {
-        const rows = [...document.querySelectorAll('#timelapse-table [role=grid] tbody tr')];
-        return rows.length === 5 && rows.map(r => r.querySelectorAll('td')[1].innerText.trim()).join('|') !== final;
-    }""", arg="|".join(final), timeout=30_000)
+    page.wait_for_function(f"(final) => ({TOKENS_JS})() !== final", arg="|".join(final), timeout=30_000)
     random_start = table_tokens(page)
     assert random_start != final  # the random start guesses other words
     move_slider_to(page, 1.0)
     expect(caption).to_contain_text("Snapshot 4 of 4", timeout=30_000)
-    page.wait_for_function("""(final) => [...document.querySelectorAll('#timelapse-table [role=grid] tbody tr')]
-        .map(r => r.querySelectorAll('td')[1].innerText.trim()).join('|') === final""", arg="|".join(final),
-        timeout=30_000)
+    page.wait_for_function(f"(final) => ({TOKENS_JS})() === final", arg="|".join(final), timeout=30_000)
     sentence = page.locator("#timelapse-text textarea")
     sentence.fill("The [MASK] of the river is in the [MASK] mountains.")
     sentence.press("Enter")
