@@ -1,7 +1,7 @@
 """A run that fits a lesson, on a CPU: validation loss after 5 and 10 minutes.
 
     python benchmarks/bench_cpu_budget.py --data-dir ../shared/data/wikitext-2-v1            # 6 runs, ~50 minutes
-    python benchmarks/bench_cpu_budget.py --data-dir ... --minutes 0.3 --output /tmp/smoke   # a smoke test
+    python benchmarks/bench_cpu_budget.py --data-dir ... --minutes 0.3 --smoke --output /tmp/smoke   # smoke test
 
 Runs, one after the other, each as its own `python -m mlm.train` process on a quiet machine:
   * `--preset budget --time-budget M`: the learning-rate schedule laid over M minutes counted from the process's
@@ -46,10 +46,13 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def train(preset: str, flag: str, minutes: float, data_dir: str, folder: Path) -> dict:
+SMOKE = ["--max-train-blocks", "256", "--max-eval-blocks", "32"]  # --smoke: checks the script, measures nothing
+
+
+def train(preset: str, flag: str, minutes: float, data_dir: str, folder: Path, extra: list[str]) -> dict:
     run_dir = folder / f"{preset}-{minutes:g}min"
     command = [sys.executable, "-m", "mlm.train", "--preset", preset, flag, f"{minutes:g}", "--data-dir", data_dir,
-               "--output-dir", str(run_dir)]
+               "--output-dir", str(run_dir), *extra]
     started = time.monotonic()
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     wall = time.monotonic() - started
@@ -87,6 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--minutes", type=float, nargs="+", default=[5.0, 10.0])
+    parser.add_argument("--smoke", action="store_true", help="tiny data: checks that the script runs")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results_cpu_budget"),
                         help="results stem: STEM.json and STEM.md")
     args = parser.parse_args()
@@ -94,7 +98,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cpu-budget-") as folder:
         for minutes in args.minutes:
             for preset, flag in RUNS:
-                runs.append(train(preset, flag, minutes, args.data_dir, Path(folder)))
+                runs.append(train(preset, flag, minutes, args.data_dir, Path(folder), SMOKE if args.smoke else []))
                 print(json.dumps(runs[-1]), flush=True)
     write_results({"machine": f"CPU {cpu_name()}", "threads": torch.get_num_threads(), "torch": torch.__version__,
                    "date": str(date.today()), "runs": runs}, Path(args.output))
