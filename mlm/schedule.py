@@ -4,21 +4,26 @@ A budget run lays warm-up and linear decay to zero over time instead of steps, a
 Academic Budget" (Izsak et al., 2021): however fast the machine, a 5-minute run ends with its learning rate fully
 decayed instead of being cut off mid-schedule. The budget counts from the process's start (the app's Start button
 spawns it), so loading data and building the model are inside it; the schedule ends early enough to leave time
-for the last validation and the checkpoint write (twice the last evaluation's duration plus a few seconds).
+for the last validation and the checkpoint write (both measured on this machine when training starts), and a run
+stops at the last step that can still end inside the schedule.
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from typing import Callable
 
 import psutil
+from safetensors.torch import save_file
 
 from mlm.hub import UserError
 from mlm.step import linear_schedule
 
-SAVE_RESERVE_S = 5.0  # writing the final checkpoint, best/ and the card on a slow disk
+WRITES_PER_SAVE = 4  # the last save writes the weights twice (the run and best/) and the optimizer (twice their size)
+MARGIN_S = 2.0  # the card, the tokenizer files, the process's exit
+RECENT_STEPS = 3  # a step's duration: the shortest of the last few (one that included an evaluation is not typical)
 
 
 def process_start() -> float:
@@ -54,8 +59,11 @@ class TimeBudgetSchedule:
     """Warm-up then linear decay to zero over the wall-clock time left in the budget.
 
     The clock starts at the first step (set-up has already spent part of the budget) and ends `reserve_s()` before
-    the budget does. A resumed run continues from the progress it had reached (`start_progress`) over a new budget.
-    Log records report the multiplier at the moment they are written, so the last one reads exactly 0.
+    the budget does. It is read once per step count, so every question about one step (done? total? learning
+    rate?) gets the same answer: a run never stops at a step it did not treat as its last (with a validation).
+    When another step would end past the schedule's end, the schedule is complete: progress 1, learning rate 0.
+    A resumed run continues from the progress it had reached (`start_progress`) over a new budget. Log records
+    report the multiplier at the moment they are written, so the last one reads exactly 0.
     """
 
     total_steps = None  # unknown in advance: `total` projects it from the progress so far
@@ -65,15 +73,21 @@ class TimeBudgetSchedule:
         self.deadline = process_start() + 60 * minutes
         self.warmup_ratio, self.reserve_s, self.start_progress, self.clock = warmup_ratio, reserve_s, start_progress, clock
         self.begin = self.end = None
+        self.read: tuple[int, float, float] | None = None  # (step, time, progress) of the last clock reading
+        self.step_seconds: list[float] = []
 
     def progress(self, step: int = 0) -> float:
+        if self.read is not None and self.read[0] == step:
+            return self.read[2]
         now = self.clock()
         if self.begin is None:
             self.begin, self.end = now, self.deadline - self.reserve_s()
-        if self.end <= self.begin:
-            return 1.0
-        share = (now - self.begin) / (self.end - self.begin)
-        return min(1.0, self.start_progress + (1 - self.start_progress) * share)
+        if self.read is not None and step > self.read[0]:
+            self.step_seconds = (self.step_seconds + [(now - self.read[1]) / (step - self.read[0])])[-RECENT_STEPS:]
+        next_step_ends = now + min(self.step_seconds, default=0.0)
+        share = (now - self.begin) / (self.end - self.begin) if next_step_ends < self.end else 1.0
+        self.read = (step, now, min(1.0, self.start_progress + (1 - self.start_progress) * share))
+        return self.read[2]
 
     def multiplier(self, step: int) -> float:
         progress = self.progress(step)
@@ -103,4 +117,15 @@ def schedule_for(trainer, resumed_state: dict | None):
         raise UserError("--time-budget runs in one process; drop it or launch a single process")
     done = resumed_state["step"] / resumed_state["total_steps"] if resumed_state else 0.0
     return TimeBudgetSchedule(config.time_budget, config.warmup_ratio,
-                              lambda: 2 * trainer.eval_seconds + SAVE_RESERVE_S, min(1.0, done))
+                              lambda: trainer.eval_seconds + WRITES_PER_SAVE * write_seconds(trainer) + MARGIN_S,
+                              min(1.0, done))
+
+
+def write_seconds(trainer) -> float:
+    """How long writing the model's weights takes here, now (timed on a scratch file beside the run)."""
+    trainer.run_dir.mkdir(parents=True, exist_ok=True)
+    weights = {name: p.detach().cpu().contiguous() for name, p in trainer.model.named_parameters()}
+    with tempfile.NamedTemporaryFile(dir=trainer.run_dir, suffix=".tmp") as scratch:
+        started = time.monotonic()
+        save_file(weights, scratch.name)
+        return time.monotonic() - started

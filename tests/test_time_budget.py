@@ -30,12 +30,33 @@ def test_the_schedule_warms_up_and_decays_to_zero_over_the_time_left():
     clock = FakeClock(schedule.deadline - 50)  # set-up took the first 10 s of the minute: 50 s are left
     schedule.clock = clock
     assert schedule.multiplier(0) == 0.0 and not schedule.done(0)
-    for seconds in (2.5, 5, 10, 30, 49.9):  # against the step schedule on a 500-"step" grid of 0.1 s
+    for seconds in (2.5, 5, 10, 30, 49.8):  # against the step schedule: 500 steps of 0.1 s
         clock.now = schedule.begin + seconds
-        assert schedule.multiplier(1) == pytest.approx(linear_schedule(round(seconds * 10), 500, 50), abs=1e-9)
+        step = round(seconds * 10)
+        assert schedule.multiplier(step) == pytest.approx(linear_schedule(step, 500, 50), abs=1e-9)
     clock.now = schedule.begin + 50
     assert schedule.multiplier(7) == 0.0 and schedule.logged_multiplier(7) == 0.0 and schedule.done(7)
     assert schedule.total(7) == 7
+
+
+def test_the_run_ends_at_the_last_step_that_fits():
+    schedule = TimeBudgetSchedule(1.0, warmup_ratio=0.0, reserve_s=lambda: 0.0)
+    start = schedule.deadline - 50
+    schedule.clock = FakeClock(start)
+    for step in range(1, 24):  # 2 s a step: step 25 would end at 48 + 2 = 50 s, no earlier than the end
+        schedule.clock.now = start + 2 * step
+        assert not schedule.done(step) and schedule.multiplier(step) > 0
+    schedule.clock.now = start + 48
+    assert schedule.done(24) and schedule.logged_multiplier(24) == 0.0 and schedule.total(24) == 24
+
+
+def test_one_step_gets_one_answer_however_late_it_is_asked():
+    schedule = TimeBudgetSchedule(1.0, warmup_ratio=0.0, reserve_s=lambda: 0.0)
+    schedule.clock = FakeClock(schedule.deadline - 10)
+    assert not schedule.done(3)
+    schedule.clock.now = schedule.deadline + 5  # the budget ran out during this step's evaluation
+    assert not schedule.done(3) and schedule.multiplier(3) > 0  # one more step, then the end, evaluated
+    assert schedule.done(4) and schedule.total(4) == 4
 
 
 def test_the_schedule_leaves_time_for_the_last_evaluation_and_projects_the_steps():
@@ -44,7 +65,7 @@ def test_the_schedule_leaves_time_for_the_last_evaluation_and_projects_the_steps
     schedule.progress()
     assert schedule.end == pytest.approx(schedule.deadline - 20)
     schedule.clock.now = schedule.begin + 10  # a quarter of the 40 s: 100 steps done, 400 expected
-    assert schedule.progress() == pytest.approx(0.25) and schedule.total(100) == 400
+    assert schedule.progress(100) == pytest.approx(0.25) and schedule.total(100) == 400
 
 
 def test_budget_preset_and_flag_checks(tmp_path):
@@ -58,10 +79,10 @@ def test_budget_preset_and_flag_checks(tmp_path):
 
 
 def test_a_budget_run_ends_on_time_with_the_learning_rate_at_zero(tmp_path):
-    run, minutes = tmp_path / "budget", 1.5
+    run, minutes = tmp_path / "budget", 2.5
     command = [sys.executable, "-m", "mlm.train", "--preset", "budget", "--time-budget", str(minutes),
                "--data-dir", str(WIKITEXT_DIR), "--output-dir", str(run), "--max-train-blocks", "160",
-               "--max-eval-blocks", "16", "--batch-size", "8", "--log-every", "2", "--snapshots", "3"]
+               "--max-eval-blocks", "16", "--batch-size", "8", "--log-every", "2"]
     started = time.monotonic()
     subprocess.run(command, cwd=REPO, env=OFFLINE_ENV, check=True, capture_output=True)
     elapsed = time.monotonic() - started
