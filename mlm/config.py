@@ -46,6 +46,9 @@ class TrainConfig:
     eval_every: int | None = None  # steps; evaluation also runs after every epoch
     log_every: int = 50
     max_minutes: float | None = None  # stop (resumably) after this long: for CPU demos
+    # A kill -9 loses at most this much work (0 turns either off); each costs one checkpoint write, ~0.5 s on a CPU
+    checkpoint_every_steps: int = 1000
+    checkpoint_every_minutes: float = 5.0
     time_budget: float | None = None  # minutes from process start; the LR schedule runs over this wall-clock time
     snapshots: int = 0  # weight snapshots kept for the time-lapse (mlm/snapshots.py); 0 keeps none
 
@@ -65,6 +68,9 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        for name in ("checkpoint_every_steps", "checkpoint_every_minutes"):
+            if not getattr(self, name) >= 0:
+                raise UserError(f"--{name.replace('_', '-')} must be 0 (off) or positive, got {getattr(self, name)}")
         if self.snapshots < 0:
             raise UserError(f"--snapshots must be 0 or more, got {self.snapshots}")
         if self.snapshots and self.lora_rank:
@@ -125,6 +131,8 @@ FLAG_HELP = {
     "mixed_precision": "auto, no, bf16 or fp16 (auto: bf16 where it pays)",
     "eval_every": "also evaluate every N steps", "log_every": "log the training loss every N steps",
     "max_minutes": "stop resumably after this many minutes",
+    "checkpoint_every_steps": "also write a resumable checkpoint every N steps (0: off; default 1000)",
+    "checkpoint_every_minutes": "also write a resumable checkpoint every N minutes (0: off; default 5)",
     "time_budget": "train for this many minutes from the start, the LR schedule laid over that time (ends at 0)",
     "snapshots": "keep N weight snapshots (log-spaced steps) for the time-lapse",
 }
@@ -144,7 +152,9 @@ def argument_parser() -> argparse.ArgumentParser:
         "mask_probability": float, "pretrained": str, "dropout": float, "lora_rank": int, "epochs": float,
         "lr": float, "batch_size": int, "eval_batch_size": int, "warmup_ratio": float, "weight_decay": float,
         "max_grad_norm": float, "seed": int, "mixed_precision": str, "eval_every": int, "log_every": int,
-        "max_minutes": float, "time_budget": float, "snapshots": int,
+        "max_minutes": float,
+        "checkpoint_every_steps": int, "checkpoint_every_minutes": float,
+        "time_budget": float, "snapshots": int,
     }
     for name, kind in flag_types.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=FLAG_HELP[name])

@@ -21,6 +21,7 @@ epochs, runs and machines.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import math
 import sys
@@ -70,7 +71,7 @@ def _wikitext_files(data_dir: Path) -> tuple[dict[str, str], bool]:
         for suffix in (".raw", ".tokens"):
             path = data_dir / f"{stem}{suffix}"
             if path.is_file():
-                files[split] = str(path)
+                files[split] = glob.escape(str(path))  # a folder named like "data[2]" is not a glob pattern
                 tokenized |= suffix == ".tokens"
                 break
     return files, tokenized
@@ -82,7 +83,8 @@ def _text_corpus(text_files: list[str]):
     missing = [f for f in text_files if not Path(f).is_file()]
     if missing:
         raise UserError(f"text file not found: {missing[0]}")
-    lines = load_dataset("text", data_files={"train": list(text_files)})["train"]
+    # escaped: datasets reads data_files as glob patterns, and a name like "notes[1].txt" would match nothing
+    lines = load_dataset("text", data_files={"train": [glob.escape(f) for f in text_files]})["train"]
     lines = lines.filter(lambda row: bool(row["text"].strip()))
     if len(lines) < 2:
         raise UserError("the text corpus has fewer than two non-blank lines")

@@ -17,6 +17,7 @@ from torch import nn
 
 from mlm.data import IGNORE_INDEX
 from mlm.hub import UserError, resolve
+from mlm.manifest import verify_checkpoint
 
 # The mission's model: 3 layers, hidden 256, 4 heads, FFN 1024, 512 positions, dropout 0.1 -> 10,411,834 parameters.
 SCRATCH_ARCHITECTURE = dict(
@@ -170,11 +171,19 @@ def weights_file(folder: Path) -> Path | None:
 
 
 def load_model(folder: str | Path, torch_dtype: torch.dtype = torch.float32):
-    """A BertForMaskedLM ready for inference from a full checkpoint or a LoRA one (merged into the base)."""
+    """A BertForMaskedLM ready for inference from a full checkpoint or a LoRA one (merged into the base); a
+    checkpoint that does not match its manifest, or holds non-finite weights, is refused with a UserError."""
+    verify_checkpoint(Path(folder))
+    model = _load_model(Path(folder), torch_dtype)
+    if not all(bool(p.isfinite().all()) for p in model.parameters()):
+        raise UserError(f"the checkpoint '{Path(folder).name}' holds non-finite weights (its run diverged): not used")
+    return model
+
+
+def _load_model(folder: Path, torch_dtype: torch.dtype):
     from peft import PeftModel
     from transformers import AutoModelForMaskedLM
 
-    folder = Path(folder)
     try:
         if not (folder / ADAPTER_CONFIG).is_file():
             return AutoModelForMaskedLM.from_pretrained(folder, use_safetensors=True, dtype=torch_dtype).eval()

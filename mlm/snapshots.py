@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from mlm.checkpoint import write_text_atomic
+from mlm.checkpoint import STATE_DIR, STATE_FILE, write_text_atomic
 from mlm.data import IGNORE_INDEX
 from mlm.hub import UserError
 from mlm.model import scratch_model
@@ -162,13 +162,26 @@ def snapshot_dir(run_dir: str | Path) -> Path:
 
 
 def read_manifest(run_dir: str | Path) -> list[dict]:
-    """The run's snapshots, oldest first ([] when it keeps none or the manifest is unreadable)."""
+    """The run's snapshots, oldest first ([] when it keeps none or the manifest is unreadable). The entry that is
+    the run's own checkpoint is listed before that checkpoint is saved (so its card can list it): it counts only
+    once the checkpoint in the folder is of its step."""
     path = snapshot_dir(run_dir) / MANIFEST_FILE
     try:
         entries = json.loads(path.read_text())["snapshots"]
+        entries = sorted((e for e in entries if isinstance(e, dict) and "step" in e), key=lambda e: e["step"])
     except (OSError, ValueError, KeyError, TypeError):
         return []
-    return sorted((e for e in entries if isinstance(e, dict) and "step" in e), key=lambda e: e["step"])
+    if entries and entries[-1].get("format") == RUN_WEIGHTS and checkpoint_step(run_dir) not in (None, entries[-1]["step"]):
+        entries.pop()
+    return entries
+
+
+def checkpoint_step(run_dir: str | Path) -> int | None:
+    """The step of the checkpoint in the run folder (None where it does not say, as in an edited shipped copy)."""
+    try:
+        return json.loads((Path(run_dir) / STATE_DIR / STATE_FILE).read_text())["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def write_manifest(run_dir: Path, entries: list[dict]) -> None:
@@ -221,7 +234,11 @@ class SnapshotRecorder:
         self.run_dir = Path(trainer.config.output_dir)
         self.enabled = count > 0 and trainer.is_main
         self.entries = read_manifest(self.run_dir) if count else []
-        total = trainer.schedule.total_steps  # None under a time budget: shares of the time instead
+        if any(e["step"] > trainer.start_step for e in self.entries):  # taken after the checkpoint resumed from
+            self.entries = [e for e in self.entries if e["step"] <= trainer.start_step]
+            if self.enabled:
+                write_manifest(self.run_dir, self.entries)
+        total = trainer.lr_schedule.total_steps  # None under a time budget: shares of the time instead
         shares = planned_fractions(count) if total is None else [s / total for s in planned_steps(count, total)]
         reached = max((e["step"] for e in self.entries), default=-1) / total if total else -1  # resumed runs
         self.targets = [share for share in shares[:-1] if share > reached]  # the last one is finish()'s
@@ -266,7 +283,8 @@ class SnapshotRecorder:
             self.write(step, step / self.trainer.steps_per_epoch, self.last_validation[1], reason)
 
     def finish(self, step: int) -> None:
-        """The run's final (or stopped) checkpoint is the last snapshot: listed, not copied."""
+        """The run's final (or stopped) checkpoint is the last snapshot: listed, not copied. Called just before
+        that checkpoint is saved, so that its card lists it (read_manifest ignores it until the save lands)."""
         if not self.enabled or any(e["step"] == step for e in self.entries):
             return
         if self.last_validation is None or self.last_validation[0] != step:
@@ -276,7 +294,6 @@ class SnapshotRecorder:
                              "valid_loss": self.last_validation[1], "file": None, "format": RUN_WEIGHTS,
                              "top1_agreement": None, "bytes": 0, "reason": reason})
         write_manifest(self.run_dir, self.entries)
-        write_text_atomic(self.run_dir / "README.md", self.trainer.card())  # the card lists this snapshot too
 
     def is_seeded_start(self, step: int) -> bool:
         config = self.trainer.config

@@ -16,7 +16,8 @@ from collections import OrderedDict
 import torch
 
 from mlm.hub import UserError
-from mlm.predict import ModelRegistry, check_text, guarded, mask_probabilities, predict_with
+from mlm.inference import masked_top_k
+from mlm.predict import ModelRegistry, check_text, encode, one_side
 from mlm.snapshots import (
     MANIFEST_FILE, RUN_WEIGHTS, SEED, load_encoded, read_manifest, read_snapshot, seeded_start, snapshot_dir,
     unique_tensors,
@@ -89,13 +90,20 @@ class SnapshotModels:
     # ------------------------------------------------------------------------------------------------------------
     # Answers
 
+    def guesses_at(self, name: str, step: int, text: str, top_k: int):
+        """(tokenizer, MaskGuesses) of the snapshot at `step` for a checked text: the registry's own forward pass."""
+        with self._lock:
+            net, tokenizer = self.model_at(name, step)
+            ids = encode(net, tokenizer, text)["input_ids"][0].tolist()
+            return tokenizer, masked_top_k(net, [ids], tokenizer.mask_token_id, tokenizer.pad_token_id, top_k)[0]
+
     def fill_mask_at(self, text: str, top_k: int, model: str, step: int) -> dict:
         """The same JSON as one side of `fill_mask`, from the run's snapshot at `step`."""
         def compute():
             checked = check_text(text, top_k)
-            with self._lock:
-                return predict_with(*self.model_at(model, int(step)), model, checked, top_k)
-        return guarded(model, compute)
+            tokenizer, guesses = self.guesses_at(model, int(step), checked, int(top_k))
+            return ModelRegistry.answer_from(model, tokenizer, checked, int(top_k), guesses)
+        return one_side(model, compute)
 
     def candidate_history(self, text: str, model: str, top_k: int = HISTORY_TOP_K) -> dict:
         """Per mask, the final snapshot's top-k candidates and their probability at every snapshot:
@@ -103,19 +111,16 @@ class SnapshotModels:
         [{"token", "probabilities": [one per snapshot]}]}]}, or {"model", "error"}."""
         def compute():
             checked = check_text(text, top_k)
-            entries = self.entries(model)
-            with self._lock:
-                per_snapshot = []
-                for entry in entries:
-                    net, tokenizer = self.model_at(model, entry["step"])
-                    _, positions, probabilities = mask_probabilities(net, tokenizer, checked)
-                    per_snapshot.append(probabilities)
+            per_snapshot = []  # each snapshot's whole distribution at each mask (top-k of the whole vocabulary)
+            for entry in self.entries(model):
+                tokenizer, guesses = self.guesses_at(model, entry["step"], checked, len(self.registry.load(model)[1]))
+                per_snapshot.append(torch.zeros_like(guesses.scores).scatter_(1, guesses.token_ids, guesses.scores))
             final_ids = per_snapshot[-1].topk(int(top_k), dim=-1).indices
             masks = [
                 {"index": int(position), "candidates": [
                     {"token": token, "probabilities": [float(p[mask, token_id]) for p in per_snapshot]}
                     for token_id, token in zip(ids.tolist(), tokenizer.convert_ids_to_tokens(ids.tolist()))]}
-                for mask, (position, ids) in enumerate(zip(positions, final_ids))
+                for mask, (position, ids) in enumerate(zip(guesses.positions, final_ids))
             ]
             return {"model": model, "snapshots": self.list_snapshots(model), "masks": masks}
-        return guarded(model, compute)
+        return one_side(model, compute)
