@@ -25,6 +25,7 @@ from mlm.snapshots import (
 
 CACHED_RUNS = 2
 HISTORY_TOP_K = 5
+WHOLE_VOCABULARY = 1 << 30  # a top-k this large is every token, sorted
 
 
 class SnapshotModels:
@@ -56,14 +57,17 @@ class SnapshotModels:
     # ------------------------------------------------------------------------------------------------------------
     # A snapshot's model
 
-    def model_at(self, name: str, step: int):
-        """(model, tokenizer) holding the run's weights at `step`; call with the lock held for a skeleton."""
+    def entry_at(self, name: str, step: int) -> dict:
         entries = self.entries(name)
         matching = [e for e in entries if e["step"] == step]
         if not matching:
             raise UserError(f"'{name}' has no snapshot at step {step}; its snapshots are at steps "
                             f"{', '.join(str(e['step']) for e in entries)}.")
-        entry = matching[0]
+        return matching[0]
+
+    def model_at(self, name: str, step: int):
+        """(model, tokenizer) holding the run's weights at `step`; call with the lock held for a skeleton."""
+        entry = self.entry_at(name, step)
         model, tokenizer = self.registry.load(name)
         if entry["format"] == RUN_WEIGHTS:
             return model, tokenizer
@@ -98,8 +102,10 @@ class SnapshotModels:
             return tokenizer, masked_top_k(net, [ids], tokenizer.mask_token_id, tokenizer.pad_token_id, top_k)[0]
 
     def fill_mask_at(self, text: str, top_k: int, model: str, step: int) -> dict:
-        """The same JSON as one side of `fill_mask`, from the run's snapshot at `step`."""
+        """The same JSON as one side of `fill_mask`, from the run's snapshot at `step` (the last one is the run)."""
         def compute():
+            if self.entry_at(model, int(step))["format"] == RUN_WEIGHTS:
+                return self.registry.predict(model, check_text(text, top_k), top_k)
             checked = check_text(text, top_k)
             tokenizer, guesses = self.guesses_at(model, int(step), checked, int(top_k))
             return ModelRegistry.answer_from(model, tokenizer, checked, int(top_k), guesses)
@@ -113,7 +119,7 @@ class SnapshotModels:
             checked = check_text(text, top_k)
             per_snapshot = []  # each snapshot's whole distribution at each mask (top-k of the whole vocabulary)
             for entry in self.entries(model):
-                tokenizer, guesses = self.guesses_at(model, entry["step"], checked, len(self.registry.load(model)[1]))
+                tokenizer, guesses = self.guesses_at(model, entry["step"], checked, WHOLE_VOCABULARY)
                 per_snapshot.append(torch.zeros_like(guesses.scores).scatter_(1, guesses.token_ids, guesses.scores))
             final_ids = per_snapshot[-1].topk(int(top_k), dim=-1).indices
             masks = [
