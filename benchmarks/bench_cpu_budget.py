@@ -6,8 +6,8 @@
 Runs, one after the other, each as its own `python -m mlm.train` process on a quiet machine:
   * `--preset budget --time-budget M`: the learning-rate schedule laid over M minutes counted from the process's
     start (set-up, evaluations and the final checkpoint included), so it ends with the learning rate at 0;
-  * `--preset fast --max-minutes M` and `--preset scratch --max-minutes M`: today's presets cut by the cap, which
-    counts training only (after set-up), mid-schedule.
+  * `--preset fast --max-minutes M` and `--preset scratch --max-minutes M`: today's presets stopped by the cap,
+    mid-schedule.
 For each it records the final validation loss (fixed 15% masks, the whole validation set), steps, the learning rate
 at the end, the wall-clock time of the whole command, and whether the loss left the plateau (<= 5.5).
 Results: benchmarks/results_cpu_budget.json and .md (or --output STEM).
@@ -72,16 +72,20 @@ def train(preset: str, flag: str, minutes: float, data_dir: str, folder: Path, e
 
 def write_results(results: dict, stem: Path) -> None:
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+
+    def final_lr(run: dict) -> str:
+        return "-" if run["final_lr"] is None else f"{run['final_lr']:.2e}"
+
     rows = "\n".join(
         f"| {r['preset']} | `{r['limit']}` | {r['wall_s']:.0f} | {r['steps']:,} | {r['epochs']:.2f} | "
-        f"{r['valid_loss']:.3f} | {r['top1']:.3f} | {'-' if r['final_lr'] is None else f'{r['final_lr']:.2e}'} | "
-        f"{'yes' if r['left_plateau'] else 'no'} |" for r in results["runs"])
+        f"{r['valid_loss']:.3f} | {r['top1']:.3f} | {final_lr(r)} | {'yes' if r['left_plateau'] else 'no'} |"
+        for r in results["runs"])
     stem.with_suffix(".md").write_text(
         f"# A run that fits a lesson: {results['machine']}\n\n"
         f"torch {results['torch']}, {results['threads']} threads, {results['date']}. Validation loss on "
         f"`wiki.valid.tokens` with fixed 15% masks; the plateau is left at loss <= {PLATEAU_EXIT_LOSS}. "
-        f"`--time-budget` counts from the process's start; `--max-minutes` counts training only, so those "
-        f"commands run longer than their minutes (see wall s).\n\n"
+        f"`--time-budget` ends the learning-rate schedule with the budget; `--max-minutes` stops the run where it "
+        f"is, mid-schedule (wall s: the whole command).\n\n"
         f"| preset | limit | wall s | steps | epochs | valid loss | top-1 | final lr | left the plateau |\n"
         f"| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n{rows}\n")
 

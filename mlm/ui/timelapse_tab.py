@@ -38,13 +38,13 @@ class TimelapseHandlers:
         """(caption, filled sentence, tokens, top-k chart, top-k table, history chart) at the chosen snapshot."""
         if not run or "error" in history:
             message = history.get("error", "Pick a run.")
-            return (f"⚠️ {escape(message)}", *column({"error": message}), None)
+            return (f"⚠️ {escape(message)}", *column({"error": message}, text, top_k, []), None)
         snapshots = history["snapshots"]
         index = min(int(index or 0), len(snapshots) - 1)
         snapshot = snapshots[index]
         answer = self.snapshot_models.fill_mask_at(text, top_k, run, snapshot["step"])
         valid = [r for r in read_metrics(self.registry.entry(run).folder) if r.get("split") == "valid"]
-        return (caption(snapshot, index, len(snapshots)), *column(answer),
+        return (caption(snapshot, index, len(snapshots)), *column(answer, text, int(top_k), []),
                 history_figure(history, valid, snapshot["step"]))
 
 
@@ -66,8 +66,9 @@ def build(app, demo: gr.Blocks) -> dict:
             tokens = gr.HighlightedText(label="WordPiece tokens", show_legend=False, show_inline_category=False,
                                         color_map={"[MASK]": "orange", "## piece": "lightblue"})
             chart = gr.Plot(label="Top-k at this snapshot")
-            table = gr.Dataframe(headers=["mask", "token", "probability"], label="Top-k table",
-                                 datatype=["number", "str", "number"], interactive=False, elem_id="timelapse-table")
+            table = gr.Dataframe(headers=["#", "guess", "prob.", "in the sentence"], label="Top-k guesses",
+                                 datatype=["number", "str", "str", "str"], interactive=False, wrap=True,
+                                 elem_id="timelapse-table")
         with gr.Column(scale=3):
             trend = gr.Plot(label="The final guesses over training", elem_id="timelapse-history")
     outputs = [shown, filled, tokens, chart, table, trend]
