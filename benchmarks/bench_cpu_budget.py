@@ -8,8 +8,10 @@ Runs, one after the other, each as its own `python -m mlm.train` process on a qu
     start (set-up, evaluations and the final checkpoint included), so it ends with the learning rate at 0;
   * `--preset fast --max-minutes M` and `--preset scratch --max-minutes M`: today's presets stopped by the cap,
     mid-schedule.
-For each it records the final validation loss (fixed 15% masks, the whole validation set), steps, the learning rate
-at the end, the wall-clock time of the whole command, and whether the loss left the plateau (<= 5.5).
+For each it records the validation loss of the checkpoint it leaves (scored here, after the run, by
+bench_train.py's evaluator on fixed 15% masks of the whole validation set: a run stopped by the cap saves without a
+last validation), steps, the learning rate at the end, the wall-clock time of the whole command, and whether the
+loss left the plateau (<= 5.5).
 Results: benchmarks/results_cpu_budget.json and .md (or --output STEM).
 """
 
@@ -29,8 +31,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from bench_train import evaluate  # noqa: E402
 from mlm.checkpoint import read_metrics  # noqa: E402
+from mlm.data import MaskingSpec, fixed_validation_masks, load_mlm_data  # noqa: E402
+from mlm.model import load_model  # noqa: E402
 from mlm.snapshots import PLATEAU_EXIT_LOSS  # noqa: E402
 
 RUNS = (("budget", "--time-budget"), ("fast", "--max-minutes"), ("scratch", "--max-minutes"))
@@ -49,7 +55,7 @@ def cpu_name() -> str:
 SMOKE = ["--max-train-blocks", "256", "--max-eval-blocks", "32"]  # --smoke: checks the script, measures nothing
 
 
-def train(preset: str, flag: str, minutes: float, data_dir: str, folder: Path, extra: list[str]) -> dict:
+def train(preset: str, flag: str, minutes: float, data_dir: str, folder: Path, extra: list[str], valid) -> dict:
     run_dir = folder / f"{preset}-{minutes:g}min"
     command = [sys.executable, "-m", "mlm.train", "--preset", preset, flag, f"{minutes:g}", "--data-dir", data_dir,
                "--output-dir", str(run_dir), *extra]
@@ -58,14 +64,12 @@ def train(preset: str, flag: str, minutes: float, data_dir: str, folder: Path, e
     wall = time.monotonic() - started
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed: {result.stderr[-2000:]}")
-    records = read_metrics(run_dir)
-    valid = [r for r in records if r["split"] == "valid"]
-    train_records = [r for r in records if r["split"] == "train"]
-    best = min(r["loss"] for r in valid)
+    train_records = [r for r in read_metrics(run_dir) if r["split"] == "train"]
+    last = train_records[-1] if train_records else {"step": 0, "epoch": 0.0, "lr": None}
+    score = evaluate(load_model(run_dir), *valid)
     return {"preset": preset, "limit": f"{flag} {minutes:g}", "minutes": minutes, "wall_s": wall,
-            "steps": valid[-1]["step"], "epochs": valid[-1]["epoch"], "valid_loss": valid[-1]["loss"],
-            "best_valid_loss": best, "top1": valid[-1]["top1"], "final_lr": train_records[-1]["lr"] if train_records else None,
-            "left_plateau": best <= PLATEAU_EXIT_LOSS,
+            "steps": last["step"], "epochs": last["epoch"], "valid_loss": score["valid_loss"], "top1": score["top1"],
+            "final_lr": last["lr"], "left_plateau": score["valid_loss"] <= PLATEAU_EXIT_LOSS,
             "tokens_per_s": train_records[-1]["tokens_per_s"] if train_records else None,
             "command": "python -m mlm.train " + " ".join(command[3:]).replace(str(run_dir), "RUN")}
 
@@ -98,11 +102,13 @@ def main() -> None:
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results_cpu_budget"),
                         help="results stem: STEM.json and STEM.md")
     args = parser.parse_args()
+    data = load_mlm_data(args.data_dir, max_train_blocks=1, max_eval_blocks=32 if args.smoke else None)
+    valid = fixed_validation_masks(data.valid_blocks, MaskingSpec.from_tokenizer(data.tokenizer))
     runs = []
     with tempfile.TemporaryDirectory(prefix="cpu-budget-") as folder:
         for minutes in args.minutes:
             for preset, flag in RUNS:
-                runs.append(train(preset, flag, minutes, args.data_dir, Path(folder), SMOKE if args.smoke else []))
+                runs.append(train(preset, flag, minutes, args.data_dir, Path(folder), SMOKE if args.smoke else [], valid))
                 print(json.dumps(runs[-1]), flush=True)
     write_results({"machine": f"CPU {cpu_name()}", "threads": torch.get_num_threads(), "torch": torch.__version__,
                    "date": str(date.today()), "runs": runs}, Path(args.output))
