@@ -52,6 +52,8 @@ class TrainConfig:
     # A kill -9 loses at most this much work (0 turns either off); each costs one checkpoint write, ~0.5 s on a CPU
     checkpoint_every_steps: int = 1000
     checkpoint_every_minutes: float = 5.0
+    time_budget: float | None = None  # minutes from process start; the LR schedule runs over this wall-clock time
+    snapshots: int = 0  # weight snapshots kept for the time-lapse (mlm/snapshots.py); 0 keeps none
 
     def validate(self) -> "TrainConfig":
         positive = {"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
@@ -69,13 +71,17 @@ class TrainConfig:
             raise UserError("--eval-epochs must be 0 or more and --adam-eps positive")
         if self.mixed_precision not in {"auto", "no", "bf16", "fp16"}:
             raise UserError(f"--mixed-precision must be auto, no, bf16 or fp16, got {self.mixed_precision}")
-        for name in ("max_train_blocks", "max_eval_blocks", "eval_every", "max_minutes"):
+        for name in ("max_train_blocks", "max_eval_blocks", "eval_every", "max_minutes", "time_budget"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
         for name in ("checkpoint_every_steps", "checkpoint_every_minutes"):
             if not getattr(self, name) >= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be 0 (off) or positive, got {getattr(self, name)}")
+        if self.snapshots < 0:
+            raise UserError(f"--snapshots must be 0 or more, got {self.snapshots}")
+        if self.snapshots and self.lora_rank:
+            raise UserError("--snapshots needs a full model: a LoRA run (--lora-rank) keeps no snapshots")
         if self.lora_rank and not self.pretrained:
             raise UserError("--lora-rank needs --pretrained: LoRA adapts a pretrained model")
         return self
@@ -108,6 +114,11 @@ PRESETS: dict[str, dict] = {
     "fast": dict(lr=2e-3, epochs=20, warmup_ratio=0.06, **_FAST_BASE),
     # Validation loss 3.5 inside a minute: 3.46 after 36 epochs in a 51 s command on an H200.
     "fast-long": dict(lr=2e-3, epochs=36, warmup_ratio=0.06, **_FAST_BASE),
+    # A lesson-sized run on a laptop CPU: 5 minutes from start (--time-budget 10 for ten), the LR schedule laid over
+    # that time. `fast`'s recipe at a quarter of its batch: a CPU manages ~60 steps a minute of 32 x 128 tokens,
+    # and the plateau yields to optimizer steps, not to tokens per step (benchmarks/results_cpu_budget.md).
+    "budget": dict(time_budget=5.0, lr=1e-3, epochs=100, batch_size=32, eval_batch_size=64, warmup_ratio=0.06,
+                   weight_decay=0.01, adam_betas=(0.9, 0.98), mask_probability=0.3, dropout=0.0, log_every=10),
 }
 
 
@@ -136,6 +147,8 @@ FLAG_HELP = {
     "max_minutes": "stop resumably after this many minutes",
     "checkpoint_every_steps": "also write a resumable checkpoint every N steps (0: off; default 1000)",
     "checkpoint_every_minutes": "also write a resumable checkpoint every N minutes (0: off; default 5)",
+    "time_budget": "train for this many minutes from the start, the LR schedule laid over that time (ends at 0)",
+    "snapshots": "keep N weight snapshots (log-spaced steps) for the time-lapse",
 }
 
 
@@ -156,6 +169,7 @@ def argument_parser() -> argparse.ArgumentParser:
         "max_grad_norm": float, "seed": int, "mixed_precision": str, "eval_every": int, "log_every": int,
         "max_minutes": float,
         "checkpoint_every_steps": int, "checkpoint_every_minutes": float,
+        "time_budget": float, "snapshots": int,
     }
     for name, kind in flag_types.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=FLAG_HELP[name])

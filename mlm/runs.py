@@ -56,6 +56,8 @@ class TrainRequest:
     max_train_blocks: int | None = None
     max_minutes: float | None = None
     max_eval_blocks: int | None = None  # validation is the slow part of a CPU demo
+    time_budget: float | None = None  # minutes from Start; the LR schedule decays to 0 by then (mlm/schedule.py)
+    snapshots: int | None = None  # weight snapshots for the Time-lapse tab (mlm/snapshots.py)
     log_every: int = 10  # a live demo wants a point every few seconds, not the CLI's 50 steps
     name: str = ""  # the run folder's name; empty: <preset>-<date>-<time>
 
@@ -74,7 +76,8 @@ class TrainRequest:
         elif self.data_source != "hub":
             raise UserError(f"Unknown data source '{self.data_source}'; choose one of {', '.join(DATA_SOURCES)}.")
         optional = {"--epochs": self.epochs, "--lr": self.lr, "--batch-size": self.batch_size, "--max-train-blocks": self.max_train_blocks,
-                    "--max-minutes": self.max_minutes, "--max-eval-blocks": self.max_eval_blocks}
+                    "--max-minutes": self.max_minutes, "--max-eval-blocks": self.max_eval_blocks,
+                    "--time-budget": self.time_budget, "--snapshots": self.snapshots}
         for flag, value in optional.items():
             if value is not None:
                 arguments += [flag, f"{value:g}" if isinstance(value, float) else str(value)]

@@ -42,8 +42,10 @@ from mlm.model import (
     save_model, scratch_model,
 )
 from mlm.progress import ProgressWriter, evaluations_expected
+from mlm.schedule import schedule_for
+from mlm.snapshots import SnapshotRecorder, card_section
 from mlm.step import (
-    GradientAverager, GraphedTrainStep, TrainStep, build_optimizer, linear_schedule, masking_schedule, set_learning_rate,
+    GradientAverager, GraphedTrainStep, TrainStep, build_optimizer, masking_schedule, set_learning_rate,
 )
 
 
@@ -99,6 +101,7 @@ class Trainer:
         self.stop_reason: str | None = None
         self.diverged: str | None = None  # why the run stopped as diverged
         self.created = time.monotonic()
+        self.eval_seconds = 0.0
         self.preparing = True  # a stop while preparing aborts at once (StoppedBeforeTraining)
         self.progress = ProgressWriter(self.run_dir, PROCESS_STARTED_AT, config.max_minutes, self.is_main)
 
@@ -153,9 +156,11 @@ class Trainer:
                                                 vocab_multiple)
         self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay, config.adam_betas, self.device,
                                          config.adam_eps)
-        self.start_step = 0
+        self.start_step, resumed_state = 0, None
         if self.resume:
-            self.start_step = ckpt.load_training_state(self.run_dir, self.optimizer)["step"]
+            resumed_state = ckpt.load_training_state(self.run_dir, self.optimizer)
+            self.start_step = resumed_state["step"]
+        self.lr_schedule = schedule_for(self, resumed_state)  # over the steps, or over --time-budget
         if config.compile:
             objective = torch.compile(objective)
         if config.mixed_precision == "fp16":
@@ -174,6 +179,7 @@ class Trainer:
         self.schedule = durability.CheckpointSchedule(config.checkpoint_every_steps or None,
                                                       config.checkpoint_every_minutes or None, self.start_step)
         self.saved_step = self.start_step if self.resume else None
+        self.snapshots = SnapshotRecorder(self, config.snapshots)
 
     def prepare_run_dir(self) -> bool:
         """Finish or discard an interrupted save, verify the checkpoint, cut metrics back to it; False: step 0."""
@@ -233,6 +239,7 @@ class Trainer:
         self.best_loss = min((m["loss"] for m in ckpt.read_metrics(self.run_dir) if m["split"] == "valid"), default=math.inf)
         if self.start_step == 0:
             self.evaluate(0)
+            self.snapshots.maybe_take(0, 0.0)
 
         from tqdm.auto import tqdm
 
@@ -240,11 +247,11 @@ class Trainer:
         train_seconds, loss_sum, interval_start, interval_steps = 0.0, torch.zeros((), device=self.device), time.perf_counter(), 0
         order, step = None, self.start_step
         stopping = self.should_stop(step)  # a stop during the first validation saves before any step
-        while step < self.total_steps and not stopping:
+        while not self.lr_schedule.done(step) and not stopping:
             epoch, position = divmod(step, self.steps_per_epoch)
             if order is None or position == 0:
                 order = self.epoch_order(epoch)
-            set_learning_rate(self.optimizer, config.lr * linear_schedule(step, self.total_steps, self.warmup_steps))
+            set_learning_rate(self.optimizer, config.lr * self.lr_schedule.multiplier(step))
             if config.mask_probability_end is not None:
                 self.step_fn.set_mask_rate(masking_schedule(step, self.total_steps, config.mask_probability,
                                                             config.mask_probability_end))
@@ -252,6 +259,7 @@ class Trainer:
             step += 1
             interval_steps += 1
             bar.update(1)
+            self.total_steps = self.lr_schedule.total(step)  # projected from the pace under a time budget
             end_of_epoch = step % self.steps_per_epoch == 0 or step == self.total_steps
             if step % config.log_every == 0 or end_of_epoch:
                 mean_loss = (self.accelerator.reduce(loss_sum, "mean") / interval_steps).item()  # the only sync
@@ -262,17 +270,18 @@ class Trainer:
                 train_seconds += seconds
                 tokens = interval_steps * self.global_batch * config.block_size
                 self.log({"step": step, "epoch": step / self.steps_per_epoch, "split": "train", "loss": mean_loss,
-                          "lr": config.lr * linear_schedule(step - 1, self.total_steps, self.warmup_steps),
+                          "lr": config.lr * self.lr_schedule.logged_multiplier(step),
                           "tokens_per_s": tokens / seconds, "elapsed_s": train_seconds, "total_steps": self.total_steps,
                           **self.mask_rate_record(step - 1), **self.memory_record()})
                 bar.set_postfix(loss=f"{mean_loss:.3f}")
                 loss_sum.zero_()
                 interval_steps = 0
                 interval_start = time.perf_counter()
+            evaluation_start = time.perf_counter()
             if self.evaluation_due(step, end_of_epoch):
-                evaluation_start = time.perf_counter()
                 self.evaluate(step)
-                interval_start += time.perf_counter() - evaluation_start  # evaluating is not training time
+            self.snapshots.maybe_take(step, self.lr_schedule.progress(step))  # evaluates first when one is due
+            interval_start += time.perf_counter() - evaluation_start  # evaluating is not training time
             stopping = self.should_stop(step) or self.diverged is not None
             if not stopping and step < self.total_steps and (step % config.log_every == 0 or end_of_epoch) \
                     and self.checkpoint_due(step):
@@ -286,6 +295,7 @@ class Trainer:
         reason = "finished" if step >= self.total_steps else self.stop_reason
         if not self.diverged:
             self.progress.update(phase="stopping" if reason != "finished" else "saving")
+            self.snapshots.finish(step)  # the checkpoint about to be saved is the last snapshot
             self.save(step)  # which checks the weights first, and may find that the run diverged after all
         if self.diverged:
             self.progress.update(phase="done", stop_reason="diverged", ended_at=time.time())
@@ -345,6 +355,8 @@ class Trainer:
         if step > 0 and loss < self.best_loss:  # kept on the device; written with the last checkpoint (saves time)
             self.best_loss = loss
             self.best_weights = {k: v.detach().clone() for k, v in self.trainable_state().items()}
+        self.eval_seconds = time.perf_counter() - began
+        self.snapshots.after_validation(step, loss)
 
     def mask_rate_record(self, step: int) -> dict:
         config = self.config
@@ -371,7 +383,8 @@ class Trainer:
                        f"(non-blank lines: {lines}; {self.config.block_size}-token blocks).")
         command = "python -m mlm.train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         return ckpt.model_card(Path(self.config.output_dir).name, description, vars(self.config),
-                               ckpt.read_metrics(self.run_dir), command, machine_name(self.device, self.accelerator.num_processes))
+                               ckpt.read_metrics(self.run_dir), command, machine_name(self.device, self.accelerator.num_processes)
+                               ) + card_section(self.run_dir)
 
     def save_model_files(self, folder: Path) -> None:
         save_model(self.model, self.tokenizer, folder, base_model=self.config.pretrained)

@@ -18,7 +18,8 @@ import gradio as gr
 from mlm.checkpoint import METRICS_FILE
 from mlm.predict import ModelRegistry
 from mlm.runs import PROJECT_DIR, TrainingJobs
-from mlm.ui import compare_tab, curves_tab, explain_tab, train_tab
+from mlm.timelapse import SnapshotModels
+from mlm.ui import compare_tab, curves_tab, explain_tab, timelapse_tab, train_tab
 from mlm.ui.common import training_allowed
 
 TICK_SECONDS = 2.0
@@ -26,12 +27,13 @@ SNAPSHOT_SECONDS = 1.0  # however many pages tick, the server looks at the disk 
 
 
 class DemoApp(compare_tab.CompareHandlers, train_tab.TrainHandlers, curves_tab.CurvesHandlers,
-              explain_tab.ExplainHandlers):
+              explain_tab.ExplainHandlers, timelapse_tab.TimelapseHandlers):
     """The app's state: one model registry, one training-job slot; the tabs' handlers come from the mixins."""
 
     def __init__(self, checkpoints_dir: str | Path = PROJECT_DIR / "checkpoints"):
         self.checkpoints_dir = Path(checkpoints_dir)
         self.registry = ModelRegistry(self.checkpoints_dir)
+        self.snapshot_models = SnapshotModels(self.registry)
         self.jobs = TrainingJobs(self.checkpoints_dir)
         self.csv_dir = Path(tempfile.mkdtemp(prefix="mlm-metrics-"))
         self.curves_cache = curves_tab.CurvesCache()
@@ -93,6 +95,8 @@ def build_demo(app: DemoApp) -> gr.Blocks:
             curves = curves_tab.build(app, demo, curves_page)
         with gr.Tab("Explain") as tab:
             explain_tab.build(app, tab)
+        with gr.Tab("Time-lapse"):
+            timelapse_tab.build(app, demo)
 
         if training_allowed():  # the Train tab's estimate for the form as it opens
             demo.load(app.describe_preset, train["form"], train["about"], api_visibility="private",
@@ -111,4 +115,7 @@ def build_demo(app: DemoApp) -> gr.Blocks:
         gr.api(app.registry.names, api_name="list_models", concurrency_limit=None)
         for name in ("score_candidates", "layer_guesses", "attention", "score_sentence", "training_view"):
             gr.api(getattr(app.explainer, name), api_name=name, concurrency_id="inference")
+        gr.api(app.snapshot_models.list_snapshots, api_name="list_snapshots", concurrency_limit=None)
+        gr.api(app.snapshot_models.fill_mask_at, api_name="fill_mask_at", concurrency_id="inference")
+        gr.api(app.snapshot_models.candidate_history, api_name="candidate_history", concurrency_id="inference")
     return demo

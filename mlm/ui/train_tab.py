@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -15,6 +16,8 @@ from mlm.limits import max_upload_bytes
 from mlm.runs import PROJECT_DIR, RunStatus, TrainRequest
 from mlm.ui.common import duration, escape, number, optional, training_allowed
 
+LESSON_MINUTES = 5.0  # "Train for 5 minutes": a --time-budget run that fits a lesson
+APP_SNAPSHOTS = 6  # every run started here keeps snapshots for the Time-lapse tab
 DEFAULT_DATA_DIR = PROJECT_DIR.parent / "shared" / "data" / "wikitext-2-v1"
 SOURCE_LABELS = {"hub": "WikiText-2 from the Hugging Face hub", "folder": "A local WikiText folder",
                  "file": "A text file I upload"}
@@ -22,6 +25,7 @@ PRESET_TEXT = {
     "scratch": "The original recipe: a small 3-layer BERT learns English from nothing (batch 8, lr 5e-4).",
     "finetune": "Fine-tunes a pretrained BERT (offline: MiniLM) on the text: good guesses after little training.",
     "fast": "The best from-scratch recipe found (batch 128, lr 2e-3, 30% masks): made for a GPU, slow on a CPU.",
+    "budget": "Five minutes of a CPU from Start, the learning rate decaying to 0 by then (batch 32, lr 1e-3, 30% masks).",
 }
 PHASE_ICONS = {"starting": "⏳", "training": "🏋️", "validating": "🧪", "stopping": "⏹️", "saving": "💾"}
 CAP_HELP = ("Cap: minutes from Start (loading data, validations and training all count; then it stops with a "
@@ -77,12 +81,16 @@ class TrainHandlers:
         )
 
     def start_training(self, preset: str, source: str, data_dir: str, upload: str | None, epochs, lr, batch_size,
-                       max_train_blocks, max_minutes, max_eval_blocks=None, name: str = "") -> str:
+                       max_train_blocks, max_minutes, max_eval_blocks=None, name: str = "",
+                       five_minutes: bool = False) -> str:
         if not training_allowed():
             return "Training is off on this public Space. The operator can enable it with `MLM_ALLOW_TRAINING=1`."
         try:
             request = self.training_request(preset, source, data_dir, upload, epochs, lr, batch_size,
                                             max_train_blocks, max_minutes, max_eval_blocks, name)
+            # every run started here keeps snapshots; "Train for 5 minutes" is a --time-budget run
+            request = dataclasses.replace(request, snapshots=APP_SNAPSHOTS,
+                                          time_budget=LESSON_MINUTES if five_minutes else None)
             self.jobs.start(request)
         except UserError as error:
             return f"⚠️ {escape(error)}"
@@ -160,6 +168,9 @@ def build(app) -> dict:
             max_minutes = gr.Number(5, label=CAP_HELP, minimum=0.1, interactive=allowed)
             max_eval_blocks = gr.Number(None, label="Cap: validation blocks (empty: all; fewer validate faster)",
                                         precision=0, minimum=1, interactive=allowed)
+            five_minutes = gr.Checkbox(False, label=f"Train for {LESSON_MINUTES:g} minutes",  # mlm/schedule.py
+                                       info="the learning rate warms up and decays to 0 over the minutes from Start",
+                                       interactive=allowed, elem_id="train-five-minutes")
     with gr.Row():
         start = gr.Button("Start training", variant="primary", interactive=allowed and not app.jobs.running())
         stop = gr.Button("Stop", interactive=allowed)
@@ -172,7 +183,7 @@ def build(app) -> dict:
         gr.on([preset.change, source.change, upload.change, epochs.change, batch_size.change, max_blocks.change,
                max_minutes.change, max_eval_blocks.change], app.describe_preset, form, about, api_visibility="private",
               concurrency_id="estimate", concurrency_limit=1, trigger_mode="always_last", show_progress="hidden")
-    start.click(app.start_training, [*form, name], status, api_visibility="private")
+    start.click(app.start_training, [*form, name, five_minutes], status, api_visibility="private")
     stop.click(app.stop_training, None, status, api_visibility="private")
     resume.click(app.resume_training, max_minutes, status, api_visibility="private")
     return {"status": status, "start": start, "about": about, "form": form}

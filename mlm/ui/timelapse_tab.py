@@ -1,0 +1,83 @@
+"""The Time-lapse tab: pick a run with snapshots, move the slider, and watch its guesses form over training."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from mlm.checkpoint import read_metrics
+from mlm.predict import MAX_TOP_K
+from mlm.timelapse_figure import history_figure
+from mlm.ui.common import escape
+from mlm.ui.compare_tab import EXAMPLES, column
+
+STORY = ("Slide through the training of a run: at first the model guesses at random; then, on the loss plateau "
+         "near 6, only frequent words (*the*, *,*, *.*) whatever the sentence; then it starts to use the context.")
+
+
+def caption(snapshot: dict, index: int, count: int) -> str:
+    return (f"**Snapshot {index + 1} of {count}**: step {snapshot['step']:,} (epoch {snapshot['epoch']:.2f}), "
+            f"validation loss {snapshot['valid_loss']:.3f}")
+
+
+class TimelapseHandlers:
+    """Time-lapse handlers, mixed into DemoApp (needs `self.registry` and `self.snapshot_models`)."""
+
+    def timelapse_runs(self):
+        runs = self.snapshot_models.runs()
+        return gr.update(choices=runs, value=runs[0] if runs else None)
+
+    def timelapse_history(self, text: str, run: str | None):
+        """On a new run or sentence: the probability history, and the slider at the last snapshot."""
+        if not run:
+            return {"error": "No run keeps snapshots yet: train one with --snapshots N."}, gr.update(value=0)
+        history = self.snapshot_models.candidate_history(text, run)
+        count = len(history.get("snapshots", [])) or 1
+        return history, gr.update(maximum=max(1, count - 1), value=count - 1, interactive=count > 1)
+
+    def timelapse_show(self, text: str, top_k, run: str | None, index, history: dict) -> tuple:
+        """(caption, filled sentence, tokens, top-k chart, top-k table, history chart) at the chosen snapshot."""
+        if not run or "error" in history:
+            message = history.get("error", "Pick a run.")
+            return (f"⚠️ {escape(message)}", *column({"error": message}, text, top_k, []), None)
+        snapshots = history["snapshots"]
+        index = min(int(index or 0), len(snapshots) - 1)
+        snapshot = snapshots[index]
+        answer = self.snapshot_models.fill_mask_at(text, top_k, run, snapshot["step"])
+        valid = [r for r in read_metrics(self.registry.entry(run).folder) if r.get("split") == "valid"]
+        return (caption(snapshot, index, len(snapshots)), *column(answer, text, int(top_k), []),
+                history_figure(history, valid, snapshot["step"]))
+
+
+def build(app, demo: gr.Blocks) -> dict:
+    """Lay out the tab inside an open gr.Tab."""
+    gr.Markdown(STORY)
+    with gr.Row():
+        text = gr.Textbox(EXAMPLES[0][0], label="Sentence", lines=1, scale=4, max_length=5000,
+                          elem_id="timelapse-text")
+        run = gr.Dropdown([], label="Run with snapshots", scale=2, elem_id="timelapse-run")
+        top_k = gr.Slider(1, MAX_TOP_K, value=5, step=1, label="Top-k guesses", scale=1)
+    snapshot = gr.Slider(0, 1, value=0, step=1, label="Snapshot (oldest to newest)", interactive=False,
+                         elem_id="timelapse-step")
+    shown = gr.Markdown(elem_id="timelapse-caption")
+    history = gr.State({})
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2):
+            filled = gr.Textbox(label="Filled with the top guess", interactive=False, elem_id="timelapse-filled")
+            tokens = gr.HighlightedText(label="WordPiece tokens", show_legend=False, show_inline_category=False,
+                                        color_map={"[MASK]": "orange", "## piece": "lightblue"})
+            chart = gr.Plot(label="Top-k at this snapshot")
+            table = gr.Dataframe(headers=["#", "guess", "prob.", "in the sentence"], label="Top-k guesses",
+                                 datatype=["number", "str", "str", "str"], interactive=False, wrap=True,
+                                 elem_id="timelapse-table")
+        with gr.Column(scale=3):
+            trend = gr.Plot(label="The final guesses over training", elem_id="timelapse-history")
+    outputs = [shown, filled, tokens, chart, table, trend]
+    show = dict(fn=app.timelapse_show, inputs=[text, top_k, run, snapshot, history], outputs=outputs,
+                api_visibility="private", concurrency_id="inference")
+    demo.load(app.timelapse_runs, None, run, api_visibility="private")  # runs trained since the server started
+    for trigger in (run.change, text.submit):
+        trigger(app.timelapse_history, [text, run], [history, snapshot], api_visibility="private",
+                concurrency_id="inference").then(**show)
+    snapshot.release(**show)
+    top_k.release(**show)
+    return {"run": run, "snapshot": snapshot}
