@@ -25,7 +25,7 @@ METRIC_COLUMNS = ("run", "step", "epoch", "split", "loss", "perplexity", "top1",
 
 def percent(score: float) -> str:
     """The one probability format of the Compare tab, in its charts and its tables."""
-    return f"{100 * score:.1f}%"
+    return f"{100 * score:.1f}%" if score >= 0.01 else f"{100 * score:.2g}%"
 
 
 def label(text: str) -> str:

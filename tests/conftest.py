@@ -3,6 +3,7 @@ out as the shipped ones in a throw-away project folder, and serve the real app f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -64,14 +65,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def app_server(app_project) -> str:
-    """The real `python app.py`, offline, serving app_project's checkpoints; yields its URL."""
+@contextlib.contextmanager
+def serve_app(checkpoints: Path, log_path: Path):
+    """The real `python app.py`, offline, serving `checkpoints` on a free port; yields its URL."""
     port = free_port()
-    env = {**OFFLINE_ENV, "GRADIO_SERVER_PORT": str(port), "MLM_CHECKPOINTS_DIR": str(app_project / "checkpoints"),
+    env = {**OFFLINE_ENV, "GRADIO_SERVER_PORT": str(port), "MLM_CHECKPOINTS_DIR": str(checkpoints),
            "GRADIO_ANALYTICS_ENABLED": "False"}
     env.pop("SPACE_ID", None)
-    log = open(app_project / "app.log", "w")
+    log = open(log_path, "w")
     server = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
@@ -82,9 +83,16 @@ def app_server(app_project) -> str:
         except OSError:
             if server.poll() is not None or time.monotonic() > deadline:
                 server.kill()
-                raise RuntimeError(f"the app did not start: {(app_project / 'app.log').read_text()[-2000:]}")
+                raise RuntimeError(f"the app did not start: {log_path.read_text()[-2000:]}")
             time.sleep(0.5)
     yield url
     server.terminate()
     server.wait(30)
     log.close()
+
+
+@pytest.fixture(scope="session")
+def app_server(app_project) -> str:
+    """The real app serving app_project's checkpoints; yields its URL."""
+    with serve_app(app_project / "checkpoints", app_project / "app.log") as url:
+        yield url

@@ -68,17 +68,17 @@ def test_notes_count_unknown_pieces_against_the_text_only():
 def test_hidden_punctuation_and_pieces_still_leave_top_k_rows(demo_app):
     text, left, right = "He said [MASK] hello to me.", SCRATCH_NAME, LORA_NAME
     shown = demo_app.compare(text, 5, left, right, [])
-    assert any(is_punctuation(row[1]) for row in shown[5] + shown[10])  # the tiny models do guess punctuation
+    assert any(is_punctuation(row[0]) for row in shown[5] + shown[10])  # the tiny models do guess punctuation
     hidden = demo_app.compare(text, 5, left, right, ["punctuation", "## pieces"])
     for table in (hidden[5], hidden[10]):
-        assert len(table) == 5 and not any(is_punctuation(row[1]) or is_piece(row[1]) for row in table)
+        assert len(table) == 5 and not any(is_punctuation(row[0]) or is_piece(row[0]) for row in table)
         # the rows are the model's own top-20, in order, minus the hidden ones
         answer = demo_app.registry.answer(left if table is hidden[5] else right, text, 20)
         kept = [c for c in answer["masks"][0]["candidates"] if not (is_punctuation(c["token"]) or is_piece(c["token"]))]
-        assert [row[1] for row in table] == [c["token"] for c in kept[:5]]
-        assert [row[2] for row in table] == [plots.percent(c["score"]) for c in kept[:5]]
+        assert [row[0] for row in table] == [c["token"] for c in kept[:5]]
+        assert [row[1] for row in table] == [plots.percent(c["score"]) for c in kept[:5]]
         assert table[0][3] == f"He said {kept[0]['token']} hello to me."
-    assert hidden[2]["value"] == f"He said {hidden[5][0][1]} hello to me."  # the filled sentence follows
+    assert hidden[2]["value"] == f"He said {hidden[5][0][0]} hello to me."  # the filled sentence follows
 
 
 def test_both_charts_share_one_fixed_scale_and_show_quotes_as_quotes():

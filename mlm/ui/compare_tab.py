@@ -15,13 +15,13 @@ from mlm.predict import MASK, MAX_MASKS, MAX_TOP_K, fill_in, normalise_masks
 from mlm.readable import is_piece, is_punctuation
 from mlm.ui.common import escape
 
-EXAMPLES = [
+EXAMPLES = [  # at most 60 characters each: Gradio cuts longer examples with "..."
     "The capital of France is [MASK].",
     "Paris is the [MASK] of France.",
     "The keys to the cabinet [MASK] on the table.",
     "She [MASK] to school every morning.",
     "The team [MASK] won the championship last year.",
-    "The album was released in [MASK] and reached number one on the charts.",
+    "The album was released in [MASK] and reached number one.",
     "During the war , the [MASK] was used as a hospital .",
     "The [MASK] of the river is in the [MASK] mountains.",
     "I put the [MASK] in the fridge and closed the [MASK].",
@@ -73,7 +73,7 @@ def column(answer: dict, text: str, top_k: int, hide: list[str]) -> tuple:
     for index, token in enumerate(answer["tokens"]):
         kind = "[MASK]" if index in masked else "## piece" if token.startswith("##") else None
         tokens += [(token, kind), (" ", None)]  # spaces between the spans show where each token ends
-    table = [[number, candidate["token"], plots.percent(candidate["score"]), candidate["sequence"]]
+    table = [[candidate["token"], plots.percent(candidate["score"]), number, candidate["sequence"]]
              for number, mask in enumerate(masks, start=1) for candidate in mask["candidates"]]
     best = [mask["candidates"][0]["token"] if mask["candidates"] else MASK for mask in masks]
     filled = fill_in(normalise_masks(text.strip()), best) if hide else answer["filled"]
@@ -156,7 +156,6 @@ def build(app, demo: gr.Blocks) -> dict:
             top_k = gr.Slider(1, MAX_TOP_K, value=5, step=1, label="Top-k guesses", elem_id="top-k")
             submit = gr.Button("Predict", variant="primary")
     examples = gr.Examples([[example] for example in EXAMPLES], inputs=[text], examples_per_page=len(EXAMPLES),
-                           example_labels=EXAMPLES,  # labels are shown whole; sample text is cut at ~200 px
                            label="Try an example (click one): facts, grammar agreement, WikiText-style, several masks")
     gr.Markdown("Several masks are predicted **independently**: each guess ignores what the model guesses for the "
                 "other masks.", elem_classes="mask-note")
@@ -169,8 +168,8 @@ def build(app, demo: gr.Blocks) -> dict:
     filled = side_row(lambda side: gr.Textbox(label=FILLED_LABEL, interactive=False, lines=1,
                                               max_lines=6, elem_id=f"{side}-filled"))
     charts = side_row(lambda side: gr.Plot(show_label=False, elem_id=f"{side}-chart"))
-    tables = side_row(lambda side: gr.Dataframe(headers=["#", "guess", "prob.", "in the sentence"],
-                                                label="Top-k guesses", datatype=["number", "str", "str", "str"],
+    tables = side_row(lambda side: gr.Dataframe(headers=["guess", "prob.", "mask", "in the sentence"],
+                                                label="Top-k guesses", datatype=["str", "str", "number", "str"],
                                                 interactive=False, wrap=True, elem_id=f"{side}-table"))
     tokens = side_row(lambda side: gr.HighlightedText(label="WordPiece tokens (## continues a word)",
                                                       show_legend=True, show_inline_category=False,
