@@ -19,7 +19,8 @@ from plotly.subplots import make_subplots
 
 UNIFORM_GUESS_LOSS = math.log(30522)  # cross-entropy of guessing uniformly over BERT's 30,522 WordPieces
 REPORT_LOSS = 6.48  # the original assignment report's final validation loss
-RUN_COLOURS = plotly_colors.qualitative.Dark24  # many colours: runs picked by name rarely share one
+# Colours no one confuses (a run's comes from its name, see run_colour): D3's ten and black
+RUN_COLOURS = plotly_colors.qualitative.D3 + ["#000000"]
 METRIC_COLUMNS = ("run", "step", "epoch", "split", "loss", "perplexity", "top1", "top5", "lr", "tokens_per_s", "elapsed_s")
 
 
