@@ -109,7 +109,7 @@ def curves(runs: dict[str, list[dict]], x_axis: str = "step", focus: str | None 
         valid = [r for r in records if r.get("split") == "valid"]
         line = "lines+markers" if len(train) < SPARSE_POINTS else "lines"
         loss.add_trace(go.Scatter(x=[r[x_axis] for r in train], y=[r["loss"] for r in train], mode=line,
-                                  name=name_label, legendgroup=name_label, line=dict(color=colour)))
+                                  name=f"{name_label}: train", legendgroup=name_label, line=dict(color=colour)))
         loss.add_trace(go.Scatter(x=[r[x_axis] for r in valid], y=[r["loss"] for r in valid], mode="lines+markers",
                                   name=f"{name_label}: validation", legendgroup=name_label, showlegend=False,
                                   line=dict(color=colour, dash="dot")))

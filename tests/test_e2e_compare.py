@@ -123,6 +123,7 @@ def test_enter_predicts(page, client):
     expect(sentence).to_have_value("Paris is the [MASK] of France.")  # no newline: Enter submitted
     expect_answers(page, client, "Paris is the [MASK] of France.", current_top_k(page),
                    {side: current(page, side) for side in SIDES})
+    page.screenshot(path=str(SCREENSHOTS / "compare-desktop.png"), full_page=True)
 
 
 def test_both_charts_share_one_fixed_scale_and_a_quote_is_a_quote(page, client):

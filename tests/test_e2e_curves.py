@@ -6,16 +6,15 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import time
 
 import pytest
 from playwright.sync_api import sync_playwright
 
 from conftest import REPO, WIKITEXT_DIR, free_port
-from mlm.ui import CSS, DemoApp, build_demo
+from mlm.ui import CSS, build_demo
 from test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS
-from test_train_tab import START_FORM
+from test_train_tab import START_FORM, local_app  # noqa: F401 - local_app is a fixture used here
 
 # Counts every time Gradio's progress overlay ("processing | 1.2s") shows on a plot of the Curves tab.
 WATCH_OVERLAYS = """() => {
@@ -30,26 +29,17 @@ WATCH_OVERLAYS = """() => {
 
 
 @pytest.fixture
-def served(tmp_path, monkeypatch):
-    """(app, URL): the app on a teacher's machine, with two long finished runs (their real metrics, no weights)."""
-    monkeypatch.delenv("SPACE_ID", raising=False)
-    checkpoints = tmp_path / "checkpoints"
+def served(local_app):
+    """(app, URL): local_app served, with two long finished runs beside (the shipped ones' metrics, no weights)."""
     for shipped in ("scratch-wikitext2", "minilm-wikitext2-lora"):
-        (checkpoints / shipped).mkdir(parents=True)
-        shutil.copy(REPO / "checkpoints" / shipped / "metrics.jsonl", checkpoints / shipped / "metrics.jsonl")
-    app = DemoApp(checkpoints)
-    demo = build_demo(app)
+        (local_app.checkpoints_dir / shipped).mkdir()
+        shutil.copy(REPO / "checkpoints" / shipped / "metrics.jsonl", local_app.checkpoints_dir / shipped)
+    demo = build_demo(local_app)
     demo.queue()
     port = free_port()
     demo.launch(server_port=port, prevent_thread_lock=True, css=CSS, quiet=True)
-    yield app, f"http://127.0.0.1:{port}/"
-    if app.jobs.running():
-        app.jobs.stop()
-        try:
-            app.jobs.wait(120)
-        except subprocess.TimeoutExpired:
-            app.jobs.process.kill()
-    demo.close()
+    yield local_app, f"http://127.0.0.1:{port}/"
+    demo.close()  # then local_app ends the run
 
 
 def small_corpus(tmp_path):
@@ -72,7 +62,8 @@ def plot(page, element_id: str, expression: str):
 
 
 def live_points(page, run: str) -> int:
-    return plot(page, "loss-plot", f"(gd.data.find(t => t.name === {json.dumps(run)}) || {{x: []}}).x.length")
+    trace = f"gd.data.find(t => t.name === {json.dumps(run + ': train')})"
+    return plot(page, "loss-plot", f"({trace} || {{x: []}}).x.length")
 
 
 def test_a_training_run_is_followed_silently_and_in_focus(served, tmp_path):
@@ -113,7 +104,7 @@ def test_a_training_run_is_followed_silently_and_in_focus(served, tmp_path):
         total = train_records(run_dir)[-1]["total_steps"]
         for element_id in ("loss-plot", "perplexity-plot"):  # zoomed to the run, not to the 8,900-step ones
             assert plot(page, element_id, "gd._fullLayout.xaxis.range") == pytest.approx([0, total * 1.02])
-        assert "markers" in plot(page, "loss-plot", f"gd.data.find(t => t.name === {json.dumps(run)}).mode")
+        assert "markers" in plot(page, "loss-plot", f"gd.data.find(t => t.name === {json.dumps(run + ': train')}).mode")
         ticks = page.locator("#perplexity-plot g.ytick text").all_text_contents()
         assert ticks and all(re.fullmatch(r"\d{1,3}(,\d{3})*", tick) for tick in ticks), ticks
         page.screenshot(path=str(SCREENSHOTS / "curves-training.png"))

@@ -63,7 +63,7 @@ def shown_candidates(candidates: list[dict], top_k: int, hide: list[str]) -> lis
     return [c for c in candidates if not any(test(c["token"]) for test in hidden)][:int(top_k)]
 
 
-def column(answer: dict, text: str, top_k: int, hide: list[str]) -> tuple:
+def column(answer: dict, text, top_k, hide: list[str]) -> tuple:
     """One model's answer as the Compare tab shows it: (filled sentence, tokens, chart, table)."""
     if "error" in answer:
         return gr.update(value=f"⚠️ {answer['error']}", label=FILLED_LABEL), [], plots.guesses_chart(answer), None
@@ -76,7 +76,7 @@ def column(answer: dict, text: str, top_k: int, hide: list[str]) -> tuple:
     table = [[candidate["token"], plots.percent(candidate["score"]), number, candidate["sequence"]]
              for number, mask in enumerate(masks, start=1) for candidate in mask["candidates"]]
     best = [mask["candidates"][0]["token"] if mask["candidates"] else MASK for mask in masks]
-    filled = fill_in(normalise_masks(text.strip()), best) if hide else answer["filled"]
+    filled = fill_in(normalise_masks(text.strip()), best) if hide else answer["filled"]  # text was checked
     label = FILLED_LABEL + (" (in lower case: this model is uncased)" if answer.get("uncased") else "")
     return gr.update(value=filled, label=label), tokens, plots.guesses_chart({"masks": masks}), table
 
@@ -116,18 +116,16 @@ class CompareHandlers:
         return [pair["left"], pair["right"]]
 
     def compare(self, text: str, top_k, left: str | None, right: str | None, hide: list[str] | None = None) -> list:
-        """Outputs of the whole tab: the notes, then (card, filled sentence, tokens, chart, table) per side."""
+        """Outputs of both columns: the notes, then (filled sentence, tokens, chart, table) per side."""
         answers = self.answers(text, top_k, [left, right], hide or [])
-        return [notes_markdown(answers), *self._side(answers[0], left, text, top_k, hide),
-                *self._side(answers[1], right, text, top_k, hide)]
+        return [notes_markdown(answers), *column(answers[0], text, top_k, hide or []),
+                *column(answers[1], text, top_k, hide or [])]
 
     def compare_one(self, text: str, top_k, model: str | None, hide: list[str] | None = None) -> list:
-        """Outputs for one side whose model changed: the notes, then (card, filled sentence, tokens, chart, table)."""
+        """Outputs of a side whose model changed: the notes, its card and (filled sentence, tokens, chart, table),
+        all in one event, so the card never describes a model whose guesses are not shown yet."""
         answers = self.answers(text, top_k, [model], hide or [])
-        return [notes_markdown(answers), *self._side(answers[0], model, text, top_k, hide)]
-
-    def _side(self, answer: dict, model: str | None, text: str, top_k, hide) -> list:
-        return [self.card(model), *column(answer, text if isinstance(text, str) else "", top_k, hide or [])]
+        return [notes_markdown(answers), self.card(model), *column(answers[0], text, top_k, hide or [])]
 
 
 def side_row(make) -> list:
@@ -175,8 +173,7 @@ def build(app, demo: gr.Blocks) -> dict:
                                                       show_legend=True, show_inline_category=False,
                                                       color_map={"[MASK]": "orange", "## piece": "lightblue"},
                                                       elem_id=f"{side}-tokens"))
-    outputs = [[card, fill, token, chart, table]
-               for card, fill, token, chart, table in zip(cards, filled, tokens, charts, tables)]
+    outputs = [[fill, token, chart, table] for fill, token, chart, table in zip(filled, tokens, charts, tables)]
     both = [notes, *outputs[0], *outputs[1]]
     predict_both = dict(fn=app.compare, inputs=[text, top_k, *pickers, hide], outputs=both,
                         api_visibility="private", concurrency_id="inference")
@@ -185,7 +182,7 @@ def build(app, demo: gr.Blocks) -> dict:
         trigger(**predict_both)
     top_k.change(**predict_both, trigger_mode="always_last")  # dragging the slider answers for where it stops
     examples.load_input_event.then(**predict_both)
-    for picker, side_outputs in zip(pickers, outputs):
-        picker.input(app.compare_one, [text, top_k, picker, hide], [notes, *side_outputs],
+    for picker, card, side_outputs in zip(pickers, cards, outputs):
+        picker.input(app.compare_one, [text, top_k, picker, hide], [notes, card, *side_outputs],
                      api_visibility="private", concurrency_id="inference", trigger_mode="always_last")
     return {"text": text, "top_k": top_k, "left": pickers[0], "right": pickers[1]}
