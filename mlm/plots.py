@@ -78,9 +78,10 @@ def log_ticks(values: list[float]) -> dict:
     positive = [v for v in values if v and v > 0 and math.isfinite(v)]
     if not positive:
         return {}
-    low, high = math.floor(math.log10(min(positive))), math.ceil(math.log10(max(positive)))
+    smallest, largest = min(positive), max(positive)
+    low, high = math.floor(math.log10(smallest)), math.ceil(math.log10(largest))
     steps = (1, 2, 5) if high - low <= 3 else (1, 3)
-    ticks = [m * 10 ** e for e in range(low, high + 1) for m in steps if min(positive) / 1.5 <= m * 10 ** e <= max(positive) * 1.5]
+    ticks = [m * 10 ** e for e in range(low, high + 1) for m in steps if smallest / 1.5 <= m * 10 ** e <= largest * 1.5]
     return dict(tickvals=ticks, ticktext=[f"{t:,.0f}" if t >= 1 else f"{t:g}" for t in ticks])
 
 

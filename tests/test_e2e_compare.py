@@ -142,7 +142,8 @@ def test_both_charts_share_one_fixed_scale_and_a_quote_is_a_quote(page, client):
     left_bars = page.locator("#left-chart").evaluate(
         "e => Array.from(e.querySelectorAll('.bartext')).map(t => t.textContent).reverse()")
     left_rows = page.locator("#left-table").evaluate(
-        "e => Array.from(e.querySelectorAll('[role=row]')).slice(1).map(r => r.querySelectorAll('td, [role=gridcell]')[1].innerText.trim())")
+        "e => Array.from(e.querySelectorAll('[role=row]')).slice(1)"
+        ".map(r => r.querySelectorAll('td, [role=gridcell]')[1].innerText.trim())")
     assert left_bars == left_rows and all(value.endswith("%") for value in left_rows)
 
 
