@@ -119,10 +119,14 @@ def current_top_k(page) -> int:
 def test_enter_predicts(page, client):
     sentence = page.locator("#sentence textarea")
     sentence.fill("Paris is the [MASK] of France.")
+    for side in SIDES:  # until predicted, the answers for the old sentence are greyed out
+        expect(page.locator(f"#{side}-table")).to_have_css("opacity", "0.35")
     sentence.press("Enter")
     expect(sentence).to_have_value("Paris is the [MASK] of France.")  # no newline: Enter submitted
     expect_answers(page, client, "Paris is the [MASK] of France.", current_top_k(page),
                    {side: current(page, side) for side in SIDES})
+    for side in SIDES:
+        expect(page.locator(f"#{side}-table")).to_have_css("opacity", "1")
     page.screenshot(path=str(SCREENSHOTS / "compare-desktop.png"), full_page=True)
 
 

@@ -26,6 +26,8 @@ EXAMPLES = [  # at most 60 characters each: Gradio cuts longer examples with "..
     "The [MASK] of the river is in the [MASK] mountains.",
     "I put the [MASK] in the fridge and closed the [MASK].",
 ]
+STALE_ON = "() => { document.body.classList.add('answers-stale'); }"
+STALE_OFF = "() => { document.body.classList.remove('answers-stale'); }"
 HIDE_OPTIONS = {"punctuation": is_punctuation, "## pieces": is_piece}
 SIDES = ("left", "right")
 FILLED_LABEL = "Filled with the top guess"
@@ -164,11 +166,14 @@ def build(app, demo: gr.Blocks) -> dict:
     cards = side_row(lambda side: gr.Markdown(app.card(left_default if side == "left" else right_default),
                                               elem_id=f"{side}-card"))
     filled = side_row(lambda side: gr.Textbox(label=FILLED_LABEL, interactive=False, lines=1,
-                                              max_lines=6, elem_id=f"{side}-filled"))
-    charts = side_row(lambda side: gr.Plot(show_label=False, elem_id=f"{side}-chart"))
+                                              max_lines=6, elem_id=f"{side}-filled",
+                                              elem_classes="answer"))
+    charts = side_row(lambda side: gr.Plot(show_label=False, elem_id=f"{side}-chart",
+                                            elem_classes="answer"))
     tables = side_row(lambda side: gr.Dataframe(headers=["guess", "prob.", "mask", "in the sentence"],
                                                 label="Top-k guesses", datatype=["str", "str", "number", "str"],
-                                                interactive=False, wrap=True, elem_id=f"{side}-table"))
+                                                interactive=False, wrap=True, elem_id=f"{side}-table",
+                                                elem_classes="answer"))
     tokens = side_row(lambda side: gr.HighlightedText(label="WordPiece tokens (## continues a word)",
                                                       show_legend=True, show_inline_category=False,
                                                       color_map={"[MASK]": "orange", "## piece": "lightblue"},
@@ -178,10 +183,12 @@ def build(app, demo: gr.Blocks) -> dict:
     predict_both = dict(fn=app.compare, inputs=[text, top_k, *pickers, hide], outputs=both,
                         api_visibility="private", concurrency_id="inference")
     # The page opens with the first example answered, so students see what to expect.
+    # While the sentence is being edited, the answers below are for the old one: they are greyed until predicted.
+    text.change(None, js=STALE_ON)
     for trigger in (submit.click, text.submit, hide.change, demo.load):
-        trigger(**predict_both)
+        trigger(**predict_both).then(None, js=STALE_OFF)
     top_k.change(**predict_both, trigger_mode="always_last")  # dragging the slider answers for where it stops
-    examples.load_input_event.then(**predict_both)
+    examples.load_input_event.then(**predict_both).then(None, js=STALE_OFF)
     for picker, card, side_outputs in zip(pickers, cards, outputs):
         picker.input(app.compare_one, [text, top_k, picker, hide], [notes, card, *side_outputs],
                      api_visibility="private", concurrency_id="inference", trigger_mode="always_last")
