@@ -73,15 +73,18 @@ def run_colour(name: str) -> str:
 
 
 def log_ticks(values: list[float]) -> dict:
-    """Tick values and labels for a log axis: 1-2-5 steps per decade (1-3 past three decades), written out in
-    full ("20", "5,000") instead of plotly's "5, 2, 10k, 5, 2"."""
+    """Tick values and labels for a log axis: 1-2-5 steps per decade (1-3 past three decades, every digit within
+    one), written out in full ("20", "5,000") instead of plotly's "5, 2, 10k, 5, 2"."""
     positive = [v for v in values if v and v > 0 and math.isfinite(v)]
     if not positive:
         return {}
     smallest, largest = min(positive), max(positive)
     low, high = math.floor(math.log10(smallest)), math.ceil(math.log10(largest))
-    steps = (1, 2, 5) if high - low <= 3 else (1, 3)
-    ticks = [m * 10 ** e for e in range(low, high + 1) for m in steps if smallest / 1.5 <= m * 10 ** e <= largest * 1.5]
+    ticks = []
+    for steps in ((1, 3), (1, 2, 5), range(1, 10)):  # the fewest steps that give at least three ticks
+        ticks = [m * 10 ** e for e in range(low, high + 1) for m in steps if smallest / 1.5 <= m * 10 ** e <= largest * 1.5]
+        if len(ticks) >= 3 and (steps != (1, 3) or high - low > 3):
+            break
     return dict(tickvals=ticks, ticktext=[f"{t:,.0f}" if t >= 1 else f"{t:g}" for t in ticks])
 
 
@@ -124,8 +127,8 @@ def curves(runs: dict[str, list[dict]], x_axis: str = "step", focus: str | None 
     # The legend sits under the loss plot with room reserved for it (one row per run on a phone), so it never
     # covers a plot; the perplexity plot uses the same colours and needs no legend of its own.
     legend_px = LEGEND_ROW_PX * len(runs) + 40
-    loss.update_layout(title="Loss at the masked words (solid: training, dotted: validation)", xaxis_title=x_axis,
-                       yaxis_title="loss", height=380 + legend_px, margin=dict(l=10, r=10, t=40, b=legend_px),
+    loss.update_layout(title="Loss at the masked words<br><sup>solid: training · dotted: validation</sup>",
+                       xaxis_title=x_axis, yaxis_title="loss", height=400 + legend_px, margin=dict(l=10, r=10, t=60, b=legend_px),
                        legend=dict(orientation="h", yanchor="top", y=-0.15, x=0))
     perplexity.update_layout(title="Validation perplexity (colours as above)", xaxis_title=x_axis,
                              yaxis_title="perplexity (log scale)", yaxis=dict(type="log", **log_ticks(
