@@ -128,7 +128,8 @@ def curves(runs: dict[str, list[dict]], x_axis: str = "step", focus: str | None 
     # covers a plot; the perplexity plot uses the same colours and needs no legend of its own.
     legend_px = LEGEND_ROW_PX * len(runs) + 40
     loss.update_layout(title="Loss at the masked words<br><sup>solid: training · dotted: validation</sup>",
-                       xaxis_title=x_axis, yaxis_title="loss", height=400 + legend_px, margin=dict(l=10, r=10, t=60, b=legend_px),
+                       xaxis_title=x_axis, yaxis_title="loss", height=400 + legend_px,
+                       margin=dict(l=10, r=10, t=60, b=legend_px),
                        legend=dict(orientation="h", yanchor="top", y=-0.15, x=0))
     perplexity.update_layout(title="Validation perplexity (colours as above)", xaxis_title=x_axis,
                              yaxis_title="perplexity (log scale)", yaxis=dict(type="log", **log_ticks(
