@@ -55,7 +55,10 @@ def guesses_chart(answer: dict) -> go.Figure:
         figure.update_xaxes(range=[0, 1], tickformat=".0%", dtick=0.5, fixedrange=True, row=row, col=1)
         figure.update_yaxes(fixedrange=True, automargin=True, row=row, col=1)
     rows_height = sum(24 * max(len(m["candidates"]), 1) + 40 for m in masks)
-    figure.update_layout(height=max(180, rows_height), margin=dict(l=10, r=45, t=30, b=10), bargap=0.15)
+    # The axes are fixed, so plotly's zoom and pan buttons only get in the way (on a phone, over the titles).
+    figure.update_layout(height=max(180, rows_height), margin=dict(l=10, r=45, t=30, b=10), bargap=0.15,
+                         modebar=dict(remove=["zoom", "pan", "select", "lasso", "zoomin", "zoomout", "autoscale",
+                                              "resetscale"]))
     return figure
 
 
