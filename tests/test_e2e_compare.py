@@ -164,8 +164,9 @@ def test_on_a_phone_both_answers_are_side_by_side(browser, shipped_server):
     phone = open_page(browser, shipped_server, 390, 844)
     try:
         rows = {side: phone.locator(f"#{side}-table [role=row][aria-rowindex='2']") for side in SIDES}
-        for row in rows.values():
+        for side, row in rows.items():
             expect(row).to_be_visible()
+            expect(phone.locator(f"#{side}-chart .js-plotly-plot")).to_be_visible()
         boxes = {side: row.bounding_box() for side, row in rows.items()}
         assert abs(boxes["left"]["y"] - boxes["right"]["y"]) < 844  # both top-1 guesses on one screen
         tables = {side: phone.locator(f"#{side}-table").bounding_box() for side in SIDES}
