@@ -185,9 +185,10 @@ def build(app, demo: gr.Blocks) -> dict:
     # The page opens with the first example answered, so students see what to expect.
     # While the sentence is being edited, the answers below are for the old one: they are greyed until predicted.
     text.change(None, js=STALE_ON)
-    for trigger in (submit.click, text.submit, hide.change, demo.load):
+    for trigger in (submit.click, text.submit, hide.change, demo.load):  # (a picker answers one side only)
         trigger(**predict_both).then(None, js=STALE_OFF)
-    top_k.change(**predict_both, trigger_mode="always_last")  # dragging the slider answers for where it stops
+    # dragging the slider answers for where it stops
+    top_k.change(**predict_both, trigger_mode="always_last").then(None, js=STALE_OFF)
     examples.load_input_event.then(**predict_both).then(None, js=STALE_OFF)
     for picker, card, side_outputs in zip(pickers, cards, outputs):
         picker.input(app.compare_one, [text, top_k, picker, hide], [notes, card, *side_outputs],
