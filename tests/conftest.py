@@ -35,6 +35,7 @@ def to_half_precision(folder: Path) -> None:
     from transformers import AutoModelForMaskedLM
 
     AutoModelForMaskedLM.from_pretrained(folder).half().save_pretrained(folder)
+    (folder / "checkpoint.json").unlink()  # edited after training, as the shipped copy was: no manifest to match
 
 
 @pytest.fixture(scope="session")
@@ -66,12 +67,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_app(checkpoints: Path, log_path: Path):
-    """The real `python app.py`, offline, serving `checkpoints` on a free port; yields its URL."""
+def running_app(checkpoints_dir: Path, log_path: Path, **env: str):
+    """The real `python app.py`, offline, serving `checkpoints_dir` on a free port (not on a Space unless `env`
+    says SPACE_ID); yields (URL, process) and terminates it (SIGTERM) after."""
     port = free_port()
-    env = {**OFFLINE_ENV, "GRADIO_SERVER_PORT": str(port), "MLM_CHECKPOINTS_DIR": str(checkpoints),
-           "GRADIO_ANALYTICS_ENABLED": "False"}
-    env.pop("SPACE_ID", None)
+    env = {**OFFLINE_ENV, "GRADIO_SERVER_PORT": str(port), "MLM_CHECKPOINTS_DIR": str(checkpoints_dir),
+           "GRADIO_ANALYTICS_ENABLED": "False", **env}
+    if not env.get("SPACE_ID"):
+        env.pop("SPACE_ID", None)
     log = open(log_path, "w")
     server = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -85,14 +88,16 @@ def serve_app(checkpoints: Path, log_path: Path):
                 server.kill()
                 raise RuntimeError(f"the app did not start: {log_path.read_text()[-2000:]}")
             time.sleep(0.5)
-    yield url
-    server.terminate()
-    server.wait(30)
-    log.close()
+    try:
+        yield url, server
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()
 
 
 @pytest.fixture(scope="session")
 def app_server(app_project) -> str:
-    """The real app serving app_project's checkpoints; yields its URL."""
-    with serve_app(app_project / "checkpoints", app_project / "app.log") as url:
+    """The real `python app.py`, offline, serving app_project's checkpoints; yields its URL."""
+    with running_app(app_project / "checkpoints", app_project / "app.log", SPACE_ID="") as (url, _):
         yield url

@@ -10,7 +10,7 @@ import pytest
 from gradio_client import Client
 from playwright.sync_api import expect, sync_playwright
 
-from conftest import LORA_NAME, REPO, SCRATCH_NAME, serve_app
+from conftest import LORA_NAME, REPO, SCRATCH_NAME, running_app
 from test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS
 
 SIDES = ("left", "right")
@@ -20,7 +20,7 @@ QUOTE_SENTENCE = 'The song [MASK] Hello " was a hit .'
 
 @pytest.fixture(scope="module")
 def shipped_server(tmp_path_factory):
-    with serve_app(REPO / "checkpoints", tmp_path_factory.mktemp("shipped") / "app.log") as url:
+    with running_app(REPO / "checkpoints", tmp_path_factory.mktemp("shipped") / "app.log", SPACE_ID="") as (url, _):
         yield url
 
 

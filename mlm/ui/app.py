@@ -18,14 +18,15 @@ import gradio as gr
 from mlm.checkpoint import METRICS_FILE
 from mlm.predict import ModelRegistry
 from mlm.runs import PROJECT_DIR, TrainingJobs
-from mlm.ui import compare_tab, curves_tab, train_tab
+from mlm.ui import compare_tab, curves_tab, explain_tab, train_tab
 from mlm.ui.common import training_allowed
 
 TICK_SECONDS = 2.0
 SNAPSHOT_SECONDS = 1.0  # however many pages tick, the server looks at the disk at most once a second
 
 
-class DemoApp(compare_tab.CompareHandlers, train_tab.TrainHandlers, curves_tab.CurvesHandlers):
+class DemoApp(compare_tab.CompareHandlers, train_tab.TrainHandlers, curves_tab.CurvesHandlers,
+              explain_tab.ExplainHandlers):
     """The app's state: one model registry, one training-job slot; the tabs' handlers come from the mixins."""
 
     def __init__(self, checkpoints_dir: str | Path = PROJECT_DIR / "checkpoints"):
@@ -90,7 +91,12 @@ def build_demo(app: DemoApp) -> gr.Blocks:
             train = train_tab.build(app)
         with gr.Tab("Curves") as curves_page:
             curves = curves_tab.build(app, demo, curves_page)
+        with gr.Tab("Explain") as tab:
+            explain_tab.build(app, tab)
 
+        if training_allowed():  # the Train tab's estimate for the form as it opens
+            demo.load(app.describe_preset, train["form"], train["about"], api_visibility="private",
+                      concurrency_id="estimate", concurrency_limit=1, show_progress="hidden")
         last_seen = gr.State(app.snapshot())  # what a new page shows: the timer sends only what changes after
         gr.Timer(TICK_SECONDS).tick(
             app.tick, [curves["run_picker"], curves["x_axis"], last_seen],
@@ -101,6 +107,8 @@ def build_demo(app: DemoApp) -> gr.Blocks:
             api_visibility="private", concurrency_id="status", concurrency_limit=2, show_progress="hidden",
         )
 
-        gr.api(app.registry.fill_mask, api_name="fill_mask", concurrency_id="inference")
+        gr.api(app.registry.fill_mask, api_name="fill_mask", concurrency_id="fill_mask")
         gr.api(app.registry.names, api_name="list_models", concurrency_limit=None)
+        for name in ("score_candidates", "layer_guesses", "attention", "score_sentence", "training_view"):
+            gr.api(getattr(app.explainer, name), api_name=name, concurrency_id="inference")
     return demo

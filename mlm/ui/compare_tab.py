@@ -181,7 +181,7 @@ def build(app, demo: gr.Blocks) -> dict:
     outputs = [[fill, token, chart, table] for fill, token, chart, table in zip(filled, tokens, charts, tables)]
     both = [notes, *outputs[0], *outputs[1]]
     predict_both = dict(fn=app.compare, inputs=[text, top_k, *pickers, hide], outputs=both,
-                        api_visibility="private", concurrency_id="inference")
+                        api_visibility="private", concurrency_id="fill_mask")
     # The page opens with the first example answered, so students see what to expect.
     # While the sentence is being edited, the answers below are for the old one: they are greyed until predicted.
     text.change(None, js=STALE_ON)
@@ -192,5 +192,5 @@ def build(app, demo: gr.Blocks) -> dict:
     examples.load_input_event.then(**predict_both).then(None, js=STALE_OFF)
     for picker, card, side_outputs in zip(pickers, cards, outputs):
         picker.input(app.compare_one, [text, top_k, picker, hide], [notes, card, *side_outputs],
-                     api_visibility="private", concurrency_id="inference", trigger_mode="always_last")
+                     api_visibility="private", concurrency_id="fill_mask", trigger_mode="always_last")
     return {"text": text, "top_k": top_k, "left": pickers[0], "right": pickers[1]}

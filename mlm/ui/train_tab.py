@@ -1,28 +1,51 @@
-"""The Train tab: a form that starts `python -m mlm.train` in its own process, a status panel, Stop."""
+"""The Train tab: a form that starts `python -m mlm.train` in its own process, a status panel, Stop and Resume."""
 
 from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
 
 import gradio as gr
 
 from mlm.config import PRESETS
+from mlm.estimate import estimate
 from mlm.hub import UserError, hub_reachable
+from mlm.limits import max_upload_bytes
 from mlm.runs import PROJECT_DIR, RunStatus, TrainRequest
 from mlm.ui.common import duration, escape, number, optional, training_allowed
 
 DEFAULT_DATA_DIR = PROJECT_DIR.parent / "shared" / "data" / "wikitext-2-v1"
 SOURCE_LABELS = {"hub": "WikiText-2 from the Hugging Face hub", "folder": "A local WikiText folder",
                  "file": "A text file I upload"}
+PRESET_TEXT = {
+    "scratch": "The original recipe: a small 3-layer BERT learns English from nothing (batch 8, lr 5e-4).",
+    "finetune": "Fine-tunes a pretrained BERT (offline: MiniLM) on the text: good guesses after little training.",
+    "fast": "The best from-scratch recipe found (batch 128, lr 2e-3, 30% masks): made for a GPU, slow on a CPU.",
+}
+PHASE_ICONS = {"starting": "⏳", "training": "🏋️", "validating": "🧪", "stopping": "⏹️", "saving": "💾"}
+CAP_HELP = ("Cap: minutes from Start (loading data, validations and training all count; then it stops with a "
+            "resumable checkpoint)")
 
 
-def status_markdown(status: RunStatus) -> str:
+def upload_limit() -> int:
+    """The largest upload the server accepts (Gradio's max_file_size): none at all where training is off."""
+    return max_upload_bytes() if training_allowed() else 0
+
+
+def status_markdown(status: RunStatus, note: str = "") -> str:
+    lead = f"{escape(note)}\n\n" if note else ""
     if status.run_dir is None:
-        return escape(status.message)
+        return lead + escape(status.message)
     total = number(status.total_steps, "{:,}")
-    return (f"**{escape(status.run_dir.name)}**: {status.state}. {escape(status.message)}\n\n"
-            f"| step | epoch | loss | valid loss | tokens/s | elapsed | ETA |\n|---|---|---|---|---|---|---|\n"
+    label = f"{PHASE_ICONS.get(status.phase, '')} {status.phase}" if status.active else status.state
+    eta = duration(status.eta_s) + (" (minutes cap)" if status.eta_capped else "")
+    return (f"{lead}**{escape(status.run_dir.name)}**: {label}. {escape(status.message)}\n\n"
+            f"| step | epoch | loss | valid loss | tokens/s | since Start | ETA (validations included) |\n"
+            f"|---|---|---|---|---|---|---|\n"
             f"| {status.step:,} / {total} | {number(status.epoch, '{:.2f}')} | {number(status.loss)} | "
             f"{number(status.valid_loss)} | {number(status.tokens_per_s, '{:,.0f}')} | {duration(status.elapsed_s)} | "
-            f"{duration(status.eta_s)} |")
+            f"{eta if status.active else '–'} |")
 
 
 def preset_defaults(preset: str) -> tuple[float, int]:
@@ -30,29 +53,79 @@ def preset_defaults(preset: str) -> tuple[float, int]:
     return PRESETS[preset]["lr"], PRESETS[preset]["batch_size"]
 
 
+def source_visibility(source: str) -> tuple:
+    """The folder box only for a local folder, the upload box only for an upload."""
+    return gr.update(visible=source == "folder"), gr.update(visible=source == "file")
+
+
+def gradio_upload(path: str | None) -> bool:
+    """Whether `path` is a file Gradio received (in its upload folder), which is ours to delete once copied."""
+    folder = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
+    return bool(path) and folder in Path(path).resolve().parents
+
+
 class TrainHandlers:
     """Train's handlers, mixed into DemoApp (needs `self.jobs`)."""
 
+    def training_request(self, preset, source, data_dir, upload, epochs, lr, batch_size, max_train_blocks,
+                         max_minutes, max_eval_blocks=None, name="") -> TrainRequest:
+        return TrainRequest(
+            preset=preset, data_source=source, data_dir=(data_dir or "").strip(), text_file=upload or "",
+            epochs=optional(epochs, float), lr=optional(lr, float), batch_size=optional(batch_size, int),
+            max_train_blocks=optional(max_train_blocks, int), max_minutes=optional(max_minutes, float),
+            max_eval_blocks=optional(max_eval_blocks, int), name=(name or "").strip(),
+        )
+
     def start_training(self, preset: str, source: str, data_dir: str, upload: str | None, epochs, lr, batch_size,
-                       max_train_blocks, max_minutes) -> str:
+                       max_train_blocks, max_minutes, max_eval_blocks=None, name: str = "") -> str:
         if not training_allowed():
             return "Training is off on this public Space. The operator can enable it with `MLM_ALLOW_TRAINING=1`."
         try:
-            request = TrainRequest(
-                preset=preset, data_source=source, data_dir=(data_dir or "").strip(), text_file=upload or "",
-                epochs=optional(epochs, float), lr=optional(lr, float), batch_size=optional(batch_size, int),
-                max_train_blocks=optional(max_train_blocks, int), max_minutes=optional(max_minutes, float),
-            )
-            run_dir = self.jobs.start(request)
+            request = self.training_request(preset, source, data_dir, upload, epochs, lr, batch_size,
+                                            max_train_blocks, max_minutes, max_eval_blocks, name)
+            self.jobs.start(request)
         except UserError as error:
             return f"⚠️ {escape(error)}"
-        return f"Started **{escape(run_dir.name)}**: loading data and building the model…"
+        if source == "file" and gradio_upload(upload):
+            Path(upload).unlink(missing_ok=True)  # the run keeps its own copy, removed when no longer needed
+        return status_markdown(self.jobs.status(), "Started.")
+
+    def resume_training(self, max_minutes) -> str:
+        """Continue the run this tab last showed, if it stopped with a resumable checkpoint."""
+        if not training_allowed():
+            return "Training is off on this public Space."
+        status = self.jobs.status()
+        if status.active:
+            return status_markdown(status, "A run is going: stop it first, or wait until it finishes.")
+        if not status.resumable:
+            return status_markdown(status, "Nothing to resume: no stopped run with a checkpoint here.")
+        try:
+            self.jobs.resume(status.run_dir, optional(max_minutes, float))
+        except UserError as error:
+            return f"⚠️ {escape(error)}"
+        return status_markdown(self.jobs.status(), "Resumed.")
 
     def stop_training(self) -> str:
-        return escape(self.jobs.stop())
+        """Stop the run; with none going, the last run's outcome stays on screen."""
+        return status_markdown(self.jobs.status(), self.jobs.stop())
 
     def training_status(self) -> str:
         return status_markdown(self.jobs.status())
+
+    def describe_preset(self, preset, source, data_dir, upload, epochs, lr, batch_size, max_train_blocks,
+                        max_minutes, max_eval_blocks=None) -> str:
+        """The preset in one line, and how long the form's run would take here (the speed measured once)."""
+        try:
+            request = self.training_request(preset, source, data_dir, upload, epochs, lr, batch_size,
+                                            max_train_blocks, max_minutes, max_eval_blocks)
+            guess = estimate(request)
+        except UserError as error:
+            return f"{PRESET_TEXT.get(preset, '')} ⚠️ {escape(error)}"
+        cap = (f" The {guess.capped_by_minutes:g}-minute cap stops it before the end." if guess.capped_by_minutes
+               else "")
+        return (f"{PRESET_TEXT[preset]}\n\nOn this machine: about **{duration(guess.seconds)}** ({guess.steps:,} "
+                f"steps of {guess.step_s:.2f} s and {guess.evaluations} validations of {duration(guess.evaluation_s)}, "
+                f"measured here; start-up and a busier machine add to it).{cap}")
 
 
 def build(app) -> dict:
@@ -63,15 +136,20 @@ def build(app) -> dict:
                     "Space's operator can turn it on by setting the variable `MLM_ALLOW_TRAINING=1` in the "
                     "Space settings (or run the app on their own machine, where it is on).")
     sources = [key for key in SOURCE_LABELS if key != "hub" or hub_reachable()]
+    first_source = "hub" if "hub" in sources else "folder"
     with gr.Row():
         with gr.Column():
             preset = gr.Dropdown(list(PRESETS), value="scratch", label="Preset", interactive=allowed)
-            source = gr.Radio([(SOURCE_LABELS[key], key) for key in sources], label="Data",
-                              value="hub" if "hub" in sources else "folder", interactive=allowed)
+            about = gr.Markdown(PRESET_TEXT["scratch"] + "\n\nOn this machine: estimating…", elem_id="preset-about")
+            name = gr.Textbox(label="Run name (optional; letters, digits, . - _)", placeholder="e.g. my-first-bert",
+                              max_length=64, interactive=allowed)
+            source = gr.Radio([(SOURCE_LABELS[key], key) for key in sources], label="Data", value=first_source,
+                              interactive=allowed)
             data_dir = gr.Textbox(str(DEFAULT_DATA_DIR) if DEFAULT_DATA_DIR.is_dir() else "",
-                                  label="Local WikiText folder", interactive=allowed)
-            upload = gr.File(label="Text file (plain text, one paragraph per line)", file_types=[".txt"],
-                             type="filepath", interactive=allowed)
+                                  label="Local WikiText folder", interactive=allowed, visible=first_source == "folder")
+            upload = gr.File(label=f"Text file (UTF-8 plain text, one paragraph per line, up to "
+                                   f"{max_upload_bytes() / 1e6:g} MB)", file_types=[".txt"], type="filepath",
+                             interactive=allowed, visible=False)
         with gr.Column():
             epochs = gr.Number(1, label="Epochs", minimum=0.01, interactive=allowed)
             lr = gr.Number(PRESETS["scratch"]["lr"], label="Learning rate", minimum=0, interactive=allowed)
@@ -79,14 +157,22 @@ def build(app) -> dict:
                                    minimum=1, interactive=allowed)
             max_blocks = gr.Number(2000, label="Cap: training blocks of 128 tokens (empty: all)", precision=0,
                                    minimum=1, interactive=allowed)
-            max_minutes = gr.Number(5, label="Cap: minutes (then it stops with a resumable checkpoint)",
-                                    minimum=0.1, interactive=allowed)
+            max_minutes = gr.Number(5, label=CAP_HELP, minimum=0.1, interactive=allowed)
+            max_eval_blocks = gr.Number(None, label="Cap: validation blocks (empty: all; fewer validate faster)",
+                                        precision=0, minimum=1, interactive=allowed)
     with gr.Row():
         start = gr.Button("Start training", variant="primary", interactive=allowed and not app.jobs.running())
         stop = gr.Button("Stop", interactive=allowed)
-    status = gr.Markdown(app.training_status())
+        resume = gr.Button("Resume the stopped run", interactive=allowed)
+    status = gr.Markdown(app.training_status(), elem_id="train-status")
+    form = [preset, source, data_dir, upload, epochs, lr, batch_size, max_blocks, max_minutes, max_eval_blocks]
     preset.change(preset_defaults, preset, [lr, batch_size], api_visibility="private")
-    start.click(app.start_training, [preset, source, data_dir, upload, epochs, lr, batch_size, max_blocks,
-                                     max_minutes], status, api_visibility="private")
+    source.change(source_visibility, source, [data_dir, upload], api_visibility="private")
+    if allowed:  # the estimate trains a few steps: not for visitors of a Space where training is off
+        gr.on([preset.change, source.change, upload.change, epochs.change, batch_size.change, max_blocks.change,
+               max_minutes.change, max_eval_blocks.change], app.describe_preset, form, about, api_visibility="private",
+              concurrency_id="estimate", concurrency_limit=1, trigger_mode="always_last", show_progress="hidden")
+    start.click(app.start_training, [*form, name], status, api_visibility="private")
     stop.click(app.stop_training, None, status, api_visibility="private")
-    return {"status": status, "start": start}
+    resume.click(app.resume_training, max_minutes, status, api_visibility="private")
+    return {"status": status, "start": start, "about": about, "form": form}
