@@ -130,13 +130,19 @@ def test_a_run_in_progress_is_zoomed_to_and_its_sparse_points_have_markers():
     assert plots.curves({"long": long_run}, focus=None)[0].layout.xaxis.range is None
 
 
+def train_line(step: int) -> str:
+    """One training record of metrics.jsonl, as mlm.train writes it."""
+    return json.dumps({"step": step, "epoch": step / 10, "split": "train", "loss": 9.0 - step, "total_steps": 10,
+                       "lr": 1e-3, "tokens_per_s": 1e4, "elapsed_s": float(step)}) + "\n"
+
+
 def test_many_pages_ticking_at_once_cost_one_look_and_share_one_csv(tmp_path, monkeypatch):
     """Twenty pages tick at once while a run's metrics grow: every tick answers, the disk is looked at about once a
     second (not per page), and the CSV each page gets is complete (no two writers sharing a partial file)."""
     for name in ("old-run", "live-run"):
         (tmp_path / "checkpoints" / name).mkdir(parents=True)
     (tmp_path / "checkpoints" / "old-run" / "metrics.jsonl").write_text(
-        json.dumps({"step": 1, "epoch": 0.1, "split": "train", "loss": 9.5}) + "\n")
+        train_line(1))
     metrics = tmp_path / "checkpoints" / "live-run" / "metrics.jsonl"  # written once the pages are open
     app = DemoApp(tmp_path / "checkpoints")
     looks = []
@@ -162,7 +168,7 @@ def test_many_pages_ticking_at_once_cost_one_look_and_share_one_csv(tmp_path, mo
         thread.start()
     for step in range(1, 6):
         with open(metrics, "a") as out:
-            out.write(json.dumps({"step": step, "epoch": step / 10, "split": "train", "loss": 9.0 - step}) + "\n")
+            out.write(train_line(step))
         time.sleep(0.3)
     for thread in pages:
         thread.join()
