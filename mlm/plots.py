@@ -19,13 +19,14 @@ from plotly.subplots import make_subplots
 
 UNIFORM_GUESS_LOSS = math.log(30522)  # cross-entropy of guessing uniformly over BERT's 30,522 WordPieces
 REPORT_LOSS = 6.48  # the original assignment report's final validation loss
-RUN_COLOURS = plotly_colors.qualitative.Dark24  # many colours: runs picked by name rarely share one
+# Colours no one confuses (a run's comes from its name, see run_colour): D3's ten and black
+RUN_COLOURS = plotly_colors.qualitative.D3 + ["#000000"]
 METRIC_COLUMNS = ("run", "step", "epoch", "split", "loss", "perplexity", "top1", "top5", "lr", "tokens_per_s", "elapsed_s")
 
 
 def percent(score: float) -> str:
     """The one probability format of the Compare tab, in its charts and its tables."""
-    return f"{100 * score:.1f}%"
+    return f"{100 * score:.1f}%" if score >= 0.01 else f"{100 * score:.2g}%"
 
 
 def label(text: str) -> str:
@@ -54,7 +55,10 @@ def guesses_chart(answer: dict) -> go.Figure:
         figure.update_xaxes(range=[0, 1], tickformat=".0%", dtick=0.5, fixedrange=True, row=row, col=1)
         figure.update_yaxes(fixedrange=True, automargin=True, row=row, col=1)
     rows_height = sum(24 * max(len(m["candidates"]), 1) + 40 for m in masks)
-    figure.update_layout(height=max(180, rows_height), margin=dict(l=10, r=45, t=30, b=10), bargap=0.15)
+    # The axes are fixed, so plotly's zoom and pan buttons only get in the way (on a phone, over the titles).
+    figure.update_layout(height=max(180, rows_height), margin=dict(l=10, r=45, t=30, b=10), bargap=0.15,
+                         modebar=dict(remove=["zoom", "pan", "select", "lasso", "zoomin", "zoomout", "autoscale",
+                                              "resetscale"]))
     return figure
 
 
@@ -72,14 +76,18 @@ def run_colour(name: str) -> str:
 
 
 def log_ticks(values: list[float]) -> dict:
-    """Tick values and labels for a log axis: 1-2-5 steps per decade (1-3 past three decades), written out in
-    full ("20", "5,000") instead of plotly's "5, 2, 10k, 5, 2"."""
+    """Tick values and labels for a log axis: 1-2-5 steps per decade (1-3 past three decades, every digit within
+    one), written out in full ("20", "5,000") instead of plotly's "5, 2, 10k, 5, 2"."""
     positive = [v for v in values if v and v > 0 and math.isfinite(v)]
     if not positive:
         return {}
-    low, high = math.floor(math.log10(min(positive))), math.ceil(math.log10(max(positive)))
-    steps = (1, 2, 5) if high - low <= 3 else (1, 3)
-    ticks = [m * 10 ** e for e in range(low, high + 1) for m in steps if min(positive) / 1.5 <= m * 10 ** e <= max(positive) * 1.5]
+    smallest, largest = min(positive), max(positive)
+    low, high = math.floor(math.log10(smallest)), math.ceil(math.log10(largest))
+    ticks = []
+    for steps in ((1, 3), (1, 2, 5), range(1, 10)):  # the fewest steps that give at least three ticks
+        ticks = [m * 10 ** e for e in range(low, high + 1) for m in steps if smallest / 1.5 <= m * 10 ** e <= largest * 1.5]
+        if len(ticks) >= 3 and (steps != (1, 3) or high - low > 3):
+            break
     return dict(tickvals=ticks, ticktext=[f"{t:,.0f}" if t >= 1 else f"{t:g}" for t in ticks])
 
 
@@ -108,7 +116,7 @@ def curves(runs: dict[str, list[dict]], x_axis: str = "step", focus: str | None 
         valid = [r for r in records if r.get("split") == "valid"]
         line = "lines+markers" if len(train) < SPARSE_POINTS else "lines"
         loss.add_trace(go.Scatter(x=[r[x_axis] for r in train], y=[r["loss"] for r in train], mode=line,
-                                  name=name_label, legendgroup=name_label, line=dict(color=colour)))
+                                  name=f"{name_label}: train", legendgroup=name_label, line=dict(color=colour)))
         loss.add_trace(go.Scatter(x=[r[x_axis] for r in valid], y=[r["loss"] for r in valid], mode="lines+markers",
                                   name=f"{name_label}: validation", legendgroup=name_label, showlegend=False,
                                   line=dict(color=colour, dash="dot")))
@@ -122,8 +130,9 @@ def curves(runs: dict[str, list[dict]], x_axis: str = "step", focus: str | None 
     # The legend sits under the loss plot with room reserved for it (one row per run on a phone), so it never
     # covers a plot; the perplexity plot uses the same colours and needs no legend of its own.
     legend_px = LEGEND_ROW_PX * len(runs) + 40
-    loss.update_layout(title="Loss at the masked words (solid: training, dotted: validation)", xaxis_title=x_axis,
-                       yaxis_title="loss", height=380 + legend_px, margin=dict(l=10, r=10, t=40, b=legend_px),
+    loss.update_layout(title="Loss at the masked words<br><sup>solid: training · dotted: validation</sup>",
+                       xaxis_title=x_axis, yaxis_title="loss", height=400 + legend_px,
+                       margin=dict(l=10, r=10, t=60, b=legend_px),
                        legend=dict(orientation="h", yanchor="top", y=-0.15, x=0))
     perplexity.update_layout(title="Validation perplexity (colours as above)", xaxis_title=x_axis,
                              yaxis_title="perplexity (log scale)", yaxis=dict(type="log", **log_ticks(

@@ -68,17 +68,17 @@ def test_notes_count_unknown_pieces_against_the_text_only():
 def test_hidden_punctuation_and_pieces_still_leave_top_k_rows(demo_app):
     text, left, right = "He said [MASK] hello to me.", SCRATCH_NAME, LORA_NAME
     shown = demo_app.compare(text, 5, left, right, [])
-    assert any(is_punctuation(row[1]) for row in shown[5] + shown[10])  # the tiny models do guess punctuation
+    assert any(is_punctuation(row[0]) for row in shown[4] + shown[8])  # the tiny models do guess punctuation
     hidden = demo_app.compare(text, 5, left, right, ["punctuation", "## pieces"])
-    for table in (hidden[5], hidden[10]):
-        assert len(table) == 5 and not any(is_punctuation(row[1]) or is_piece(row[1]) for row in table)
+    for table in (hidden[4], hidden[8]):
+        assert len(table) == 5 and not any(is_punctuation(row[0]) or is_piece(row[0]) for row in table)
         # the rows are the model's own top-20, in order, minus the hidden ones
-        answer = demo_app.registry.answer(left if table is hidden[5] else right, text, 20)
+        answer = demo_app.registry.answer(left if table is hidden[4] else right, text, 20)
         kept = [c for c in answer["masks"][0]["candidates"] if not (is_punctuation(c["token"]) or is_piece(c["token"]))]
-        assert [row[1] for row in table] == [c["token"] for c in kept[:5]]
-        assert [row[2] for row in table] == [plots.percent(c["score"]) for c in kept[:5]]
+        assert [row[0] for row in table] == [c["token"] for c in kept[:5]]
+        assert [row[1] for row in table] == [plots.percent(c["score"]) for c in kept[:5]]
         assert table[0][3] == f"He said {kept[0]['token']} hello to me."
-    assert hidden[2]["value"] == f"He said {hidden[5][0][1]} hello to me."  # the filled sentence follows
+    assert hidden[1]["value"] == f"He said {hidden[4][0][0]} hello to me."  # the filled sentence follows
 
 
 def test_both_charts_share_one_fixed_scale_and_show_quotes_as_quotes():
@@ -123,11 +123,17 @@ def test_a_run_in_progress_is_zoomed_to_and_its_sparse_points_have_markers():
     loss, perplexity = plots.curves({"long": long_run, "new": new_run}, focus="new")
     assert list(loss.layout.xaxis.range) == list(perplexity.layout.xaxis.range) == [0, 510]
     modes = {trace.name: trace.mode for trace in loss.data}
-    assert modes == {"long": "lines", "long: validation": "lines+markers", "new": "lines+markers",
+    assert modes == {"long: train": "lines", "long: validation": "lines+markers", "new: train": "lines+markers",
                      "new: validation": "lines+markers"}
     by_epoch, _ = plots.curves({"long": long_run, "new": new_run}, "epoch", focus="new")
     assert list(by_epoch.layout.xaxis.range) == pytest.approx([0, 0.02 * 500 / 10 * 1.02])
     assert plots.curves({"long": long_run}, focus=None)[0].layout.xaxis.range is None
+
+
+def train_line(step: int) -> str:
+    """One training record of metrics.jsonl, as mlm.train writes it."""
+    return json.dumps({"step": step, "epoch": step / 10, "split": "train", "loss": 9.0 - step, "total_steps": 10,
+                       "lr": 1e-3, "tokens_per_s": 1e4, "elapsed_s": float(step)}) + "\n"
 
 
 def test_many_pages_ticking_at_once_cost_one_look_and_share_one_csv(tmp_path, monkeypatch):
@@ -136,7 +142,7 @@ def test_many_pages_ticking_at_once_cost_one_look_and_share_one_csv(tmp_path, mo
     for name in ("old-run", "live-run"):
         (tmp_path / "checkpoints" / name).mkdir(parents=True)
     (tmp_path / "checkpoints" / "old-run" / "metrics.jsonl").write_text(
-        json.dumps({"step": 1, "epoch": 0.1, "split": "train", "loss": 9.5}) + "\n")
+        train_line(1))
     metrics = tmp_path / "checkpoints" / "live-run" / "metrics.jsonl"  # written once the pages are open
     app = DemoApp(tmp_path / "checkpoints")
     looks = []
@@ -151,6 +157,7 @@ def test_many_pages_ticking_at_once_cost_one_look_and_share_one_csv(tmp_path, mo
                 *outputs, last = app.tick(selected, "step", last)
                 if not isinstance(outputs[3], dict):  # a CSV path, not a skip
                     csvs.append(open(outputs[3]).read())
+                    selected = outputs[4]["value"]  # the run picker, as the page then sends it
                 time.sleep(0.1)
         except Exception as error:  # noqa: BLE001 - collected for the assertion below
             errors.append(error)
@@ -161,7 +168,7 @@ def test_many_pages_ticking_at_once_cost_one_look_and_share_one_csv(tmp_path, mo
         thread.start()
     for step in range(1, 6):
         with open(metrics, "a") as out:
-            out.write(json.dumps({"step": step, "epoch": step / 10, "split": "train", "loss": 9.0 - step}) + "\n")
+            out.write(train_line(step))
         time.sleep(0.3)
     for thread in pages:
         thread.join()

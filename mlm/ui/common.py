@@ -7,7 +7,7 @@ import os
 
 from mlm.hub import UserError
 
-CSS = ".mask-note {opacity: 0.8; font-size: 0.9em}"
+CSS = ".mask-note {opacity: 0.8; font-size: 0.9em} .answers-stale .answer {opacity: 0.35}"
 
 
 def training_allowed() -> bool:

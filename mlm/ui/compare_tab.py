@@ -15,17 +15,19 @@ from mlm.predict import MASK, MAX_MASKS, MAX_TOP_K, fill_in, normalise_masks
 from mlm.readable import is_piece, is_punctuation
 from mlm.ui.common import escape
 
-EXAMPLES = [
+EXAMPLES = [  # at most 60 characters each: Gradio cuts longer examples with "..."
     "The capital of France is [MASK].",
     "Paris is the [MASK] of France.",
     "The keys to the cabinet [MASK] on the table.",
     "She [MASK] to school every morning.",
     "The team [MASK] won the championship last year.",
-    "The album was released in [MASK] and reached number one on the charts.",
+    "The album was released in [MASK] and reached number one.",
     "During the war , the [MASK] was used as a hospital .",
     "The [MASK] of the river is in the [MASK] mountains.",
     "I put the [MASK] in the fridge and closed the [MASK].",
 ]
+STALE_ON = "() => { document.body.classList.add('answers-stale'); }"
+STALE_OFF = "() => { document.body.classList.remove('answers-stale'); }"
 HIDE_OPTIONS = {"punctuation": is_punctuation, "## pieces": is_piece}
 SIDES = ("left", "right")
 FILLED_LABEL = "Filled with the top guess"
@@ -63,7 +65,7 @@ def shown_candidates(candidates: list[dict], top_k: int, hide: list[str]) -> lis
     return [c for c in candidates if not any(test(c["token"]) for test in hidden)][:int(top_k)]
 
 
-def column(answer: dict, text: str, top_k: int, hide: list[str]) -> tuple:
+def column(answer: dict, text, top_k, hide: list[str]) -> tuple:
     """One model's answer as the Compare tab shows it: (filled sentence, tokens, chart, table)."""
     if "error" in answer:
         return gr.update(value=f"⚠️ {answer['error']}", label=FILLED_LABEL), [], plots.guesses_chart(answer), None
@@ -73,10 +75,10 @@ def column(answer: dict, text: str, top_k: int, hide: list[str]) -> tuple:
     for index, token in enumerate(answer["tokens"]):
         kind = "[MASK]" if index in masked else "## piece" if token.startswith("##") else None
         tokens += [(token, kind), (" ", None)]  # spaces between the spans show where each token ends
-    table = [[number, candidate["token"], plots.percent(candidate["score"]), candidate["sequence"]]
+    table = [[candidate["token"], plots.percent(candidate["score"]), number, candidate["sequence"]]
              for number, mask in enumerate(masks, start=1) for candidate in mask["candidates"]]
     best = [mask["candidates"][0]["token"] if mask["candidates"] else MASK for mask in masks]
-    filled = fill_in(normalise_masks(text.strip()), best) if hide else answer["filled"]
+    filled = fill_in(normalise_masks(text.strip()), best) if hide else answer["filled"]  # text was checked
     label = FILLED_LABEL + (" (in lower case: this model is uncased)" if answer.get("uncased") else "")
     return gr.update(value=filled, label=label), tokens, plots.guesses_chart({"masks": masks}), table
 
@@ -116,18 +118,16 @@ class CompareHandlers:
         return [pair["left"], pair["right"]]
 
     def compare(self, text: str, top_k, left: str | None, right: str | None, hide: list[str] | None = None) -> list:
-        """Outputs of the whole tab: the notes, then (card, filled sentence, tokens, chart, table) per side."""
+        """Outputs of both columns: the notes, then (filled sentence, tokens, chart, table) per side."""
         answers = self.answers(text, top_k, [left, right], hide or [])
-        return [notes_markdown(answers), *self._side(answers[0], left, text, top_k, hide),
-                *self._side(answers[1], right, text, top_k, hide)]
+        return [notes_markdown(answers), *column(answers[0], text, top_k, hide or []),
+                *column(answers[1], text, top_k, hide or [])]
 
     def compare_one(self, text: str, top_k, model: str | None, hide: list[str] | None = None) -> list:
-        """Outputs for one side whose model changed: the notes, then (card, filled sentence, tokens, chart, table)."""
+        """Outputs of a side whose model changed: the notes, its card and (filled sentence, tokens, chart, table),
+        all in one event, so the card never describes a model whose guesses are not shown yet."""
         answers = self.answers(text, top_k, [model], hide or [])
-        return [notes_markdown(answers), *self._side(answers[0], model, text, top_k, hide)]
-
-    def _side(self, answer: dict, model: str | None, text: str, top_k, hide) -> list:
-        return [self.card(model), *column(answer, text if isinstance(text, str) else "", top_k, hide or [])]
+        return [notes_markdown(answers), self.card(model), *column(answers[0], text, top_k, hide or [])]
 
 
 def side_row(make) -> list:
@@ -156,7 +156,6 @@ def build(app, demo: gr.Blocks) -> dict:
             top_k = gr.Slider(1, MAX_TOP_K, value=5, step=1, label="Top-k guesses", elem_id="top-k")
             submit = gr.Button("Predict", variant="primary")
     examples = gr.Examples([[example] for example in EXAMPLES], inputs=[text], examples_per_page=len(EXAMPLES),
-                           example_labels=EXAMPLES,  # labels are shown whole; sample text is cut at ~200 px
                            label="Try an example (click one): facts, grammar agreement, WikiText-style, several masks")
     gr.Markdown("Several masks are predicted **independently**: each guess ignores what the model guesses for the "
                 "other masks.", elem_classes="mask-note")
@@ -167,26 +166,31 @@ def build(app, demo: gr.Blocks) -> dict:
     cards = side_row(lambda side: gr.Markdown(app.card(left_default if side == "left" else right_default),
                                               elem_id=f"{side}-card"))
     filled = side_row(lambda side: gr.Textbox(label=FILLED_LABEL, interactive=False, lines=1,
-                                              max_lines=6, elem_id=f"{side}-filled"))
-    charts = side_row(lambda side: gr.Plot(show_label=False, elem_id=f"{side}-chart"))
-    tables = side_row(lambda side: gr.Dataframe(headers=["#", "guess", "prob.", "in the sentence"],
-                                                label="Top-k guesses", datatype=["number", "str", "str", "str"],
-                                                interactive=False, wrap=True, elem_id=f"{side}-table"))
+                                              max_lines=6, elem_id=f"{side}-filled",
+                                              elem_classes="answer"))
+    charts = side_row(lambda side: gr.Plot(show_label=False, elem_id=f"{side}-chart",
+                                            elem_classes="answer"))
+    tables = side_row(lambda side: gr.Dataframe(headers=["guess", "prob.", "mask", "in the sentence"],
+                                                label="Top-k guesses", datatype=["str", "str", "number", "str"],
+                                                interactive=False, wrap=True, elem_id=f"{side}-table",
+                                                elem_classes="answer"))
     tokens = side_row(lambda side: gr.HighlightedText(label="WordPiece tokens (## continues a word)",
                                                       show_legend=True, show_inline_category=False,
                                                       color_map={"[MASK]": "orange", "## piece": "lightblue"},
                                                       elem_id=f"{side}-tokens"))
-    outputs = [[card, fill, token, chart, table]
-               for card, fill, token, chart, table in zip(cards, filled, tokens, charts, tables)]
+    outputs = [[fill, token, chart, table] for fill, token, chart, table in zip(filled, tokens, charts, tables)]
     both = [notes, *outputs[0], *outputs[1]]
     predict_both = dict(fn=app.compare, inputs=[text, top_k, *pickers, hide], outputs=both,
                         api_visibility="private", concurrency_id="fill_mask")
     # The page opens with the first example answered, so students see what to expect.
-    for trigger in (submit.click, text.submit, hide.change, demo.load):
-        trigger(**predict_both)
-    top_k.change(**predict_both, trigger_mode="always_last")  # dragging the slider answers for where it stops
-    examples.load_input_event.then(**predict_both)
-    for picker, side_outputs in zip(pickers, outputs):
-        picker.input(app.compare_one, [text, top_k, picker, hide], [notes, *side_outputs],
+    # While the sentence is being edited, the answers below are for the old one: they are greyed until predicted.
+    text.change(None, js=STALE_ON)
+    for trigger in (submit.click, text.submit, hide.change, demo.load):  # (a picker answers one side only)
+        trigger(**predict_both).then(None, js=STALE_OFF)
+    # dragging the slider answers for where it stops
+    top_k.change(**predict_both, trigger_mode="always_last").then(None, js=STALE_OFF)
+    examples.load_input_event.then(**predict_both).then(None, js=STALE_OFF)
+    for picker, card, side_outputs in zip(pickers, cards, outputs):
+        picker.input(app.compare_one, [text, top_k, picker, hide], [notes, card, *side_outputs],
                      api_visibility="private", concurrency_id="fill_mask", trigger_mode="always_last")
     return {"text": text, "top_k": top_k, "left": pickers[0], "right": pickers[1]}
