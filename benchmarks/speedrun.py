@@ -36,7 +36,6 @@ from mlm.train import Trainer  # noqa: E402
 THROUGHPUT = {  # name: (flags, what to undo or change for an A/B of one step change)
     "fast_b128": ("--preset fast", None),
     "fast_b128_fp32_softmax": ("--preset fast", "fp32_softmax"),
-    "fast_b128_unpadded_vocab": ("--preset fast", "unpadded_vocab"),
     "fast_b128_flash_attention": ("--preset fast", "flash_attention"),
     "fast_b128_noclip": ("--preset fast --max-grad-norm 0", None),
     "fast_b256": ("--preset fast --batch-size 256", None),
@@ -52,7 +51,6 @@ def patched(change: str | None):
 
     import torch.nn.functional as F
 
-    import mlm.train
     from mlm.data import IGNORE_INDEX
     from mlm.model import MaskedLMObjective
 
@@ -79,8 +77,6 @@ def patched(change: str | None):
 
     if change == "fp32_softmax":
         return swap(MaskedLMObjective, "forward", fp32_softmax)
-    if change == "unpadded_vocab":
-        return swap(mlm.train, "GPU_VOCAB_MULTIPLE", 1)
     if change == "flash_attention":
         return no_cudnn_attention()
     return contextlib.nullcontext()

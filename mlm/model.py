@@ -76,33 +76,19 @@ class MaskedLMObjective(nn.Module):
     the mean. The result equals `BertForMaskedLM(...).loss` on the same batch.
     """
 
-    def __init__(self, model, max_predictions: int, vocab_multiple: int = 1):
+    def __init__(self, model, max_predictions: int):
         super().__init__()
         self.model = model
         self.max_predictions = max_predictions
-        self.vocab_multiple = vocab_multiple
-
-    def output_layer(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The MLM head, its vocabulary padded to `vocab_multiple` columns whose logits are -inf (so they change no
-        loss, gradient or top-k). 30,522 logits a row are not 16-byte aligned in bf16, which keeps cuBLAS on
-        Ampere-era kernels for the step's largest matrix products (benchmarks/profile_h200.txt); 30,528 are."""
-        head = self.model.cls.predictions
-        padding = -head.decoder.out_features % self.vocab_multiple
-        if not padding:
-            return head(hidden)
-        weight = F.pad(head.decoder.weight, (0, 0, 0, padding))
-        bias = F.pad(head.decoder.bias, (0, padding), value=float("-inf"))
-        return F.linear(head.transform(hidden), weight, bias)
 
     def predictions(self, input_ids: torch.Tensor, labels: torch.Tensor):
-        """(logits, targets) at up to `max_predictions` positions; targets are IGNORE_INDEX at padding (and logits -inf
-        in the padding columns of `vocab_multiple`)."""
+        """(logits, targets) at up to `max_predictions` positions; targets are IGNORE_INDEX at padding."""
         hidden = self.model.bert(input_ids=input_ids).last_hidden_state
         hidden = hidden.reshape(-1, hidden.shape[-1])
         targets = labels.reshape(-1)
         # Stable sort of "is not masked" puts the masked positions first, in order, with a static output size.
         order = torch.argsort((targets == IGNORE_INDEX).to(torch.uint8), stable=True)[: self.max_predictions]
-        return self.output_layer(hidden[order]), targets[order]
+        return self.model.cls(hidden[order]), targets[order]
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits, targets = self.predictions(input_ids, labels)

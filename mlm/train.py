@@ -53,8 +53,6 @@ from mlm.step import (
 # than its faster matmuls save (measured on an H100: batch 8 x 128 ran 3 epochs in 13.1 s with bf16, 11.8 s in
 # fp32 with TF32 matmuls).
 BF16_MIN_BATCH_TOKENS = 4096
-# The output layer's vocabulary is padded to a multiple of this on a GPU (see MaskedLMObjective.output_layer).
-GPU_VOCAB_MULTIPLE = 64
 # Several processes agree to abandon a validation pass every this many batches (one all-reduce each time).
 EVAL_STOP_CHECK_EVERY = 8
 # What stopped a run, as the trainer prints it (progress.json keeps the key).
@@ -149,11 +147,9 @@ class Trainer:
         inner = bert_for_masked_lm(self.model)
         batch_tokens = config.batch_size * config.block_size
         highest_rate = max(config.mask_probability, config.mask_probability_end or 0.0)
-        vocab_multiple = GPU_VOCAB_MULTIPLE if self.device.type == "cuda" else 1
-        objective = MaskedLMObjective(inner, max_predictions(batch_tokens, highest_rate), vocab_multiple)
+        objective = MaskedLMObjective(inner, max_predictions(batch_tokens, highest_rate))
         valid_counts = (self.valid_labels != IGNORE_INDEX).sum(dim=1)
-        self.eval_objective = MaskedLMObjective(inner, max(1, int(valid_counts.max()) * config.eval_batch_size),
-                                                vocab_multiple)
+        self.eval_objective = MaskedLMObjective(inner, max(1, int(valid_counts.max()) * config.eval_batch_size))
         self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay, config.adam_betas, self.device,
                                          config.adam_eps)
         self.start_step, resumed_state = 0, None
