@@ -58,7 +58,7 @@ def build(app, demo: gr.Blocks) -> dict:
         top_k = gr.Slider(1, MAX_TOP_K, value=5, step=1, label="Top-k guesses", scale=1)
     snapshot = gr.Slider(0, 1, value=0, step=1, label="Snapshot (oldest to newest)", interactive=False,
                          elem_id="timelapse-step")
-    shown = gr.Markdown(elem_id="timelapse-caption")
+    shown = gr.Markdown("", elem_id="timelapse-caption")
     history = gr.State({})
     with gr.Row(equal_height=False):
         with gr.Column(scale=2):
