@@ -37,7 +37,7 @@ from bench_train import evaluate  # noqa: E402
 from mlm.checkpoint import read_metrics  # noqa: E402
 from mlm.data import MaskingSpec, fixed_validation_masks, load_mlm_data  # noqa: E402
 from mlm.model import load_model  # noqa: E402
-from mlm.snapshots import PLATEAU_EXIT_LOSS  # noqa: E402
+from mlm.snapshots import PLATEAU_EXIT_LOSS, checkpoint_step  # noqa: E402
 
 RUNS = (("budget", "--time-budget"), ("fast", "--max-minutes"), ("scratch", "--max-minutes"))
 
@@ -68,7 +68,7 @@ def train(preset: str, flag: str, minutes: float, data_dir: str, folder: Path, e
     last = train_records[-1] if train_records else {"step": 0, "epoch": 0.0, "lr": None}
     score = evaluate(load_model(run_dir), *valid)
     return {"preset": preset, "limit": f"{flag} {minutes:g}", "minutes": minutes, "wall_s": wall,
-            "steps": last["step"], "epochs": last["epoch"], "valid_loss": score["valid_loss"], "top1": score["top1"],
+            "steps": checkpoint_step(run_dir), "valid_loss": score["valid_loss"], "top1": score["top1"],
             "final_lr": last["lr"], "left_plateau": score["valid_loss"] <= PLATEAU_EXIT_LOSS,
             "tokens_per_s": train_records[-1]["tokens_per_s"] if train_records else None,
             "command": "python -m mlm.train " + " ".join(command[3:]).replace(str(run_dir), "RUN")}
@@ -81,7 +81,7 @@ def write_results(results: dict, stem: Path) -> None:
         return "-" if run["final_lr"] is None else f"{run['final_lr']:.2e}"
 
     rows = "\n".join(
-        f"| {r['preset']} | `{r['limit']}` | {r['wall_s']:.0f} | {r['steps']:,} | {r['epochs']:.2f} | "
+        f"| {r['preset']} | `{r['limit']}` | {r['wall_s']:.0f} | {r['steps']:,} | "
         f"{r['valid_loss']:.3f} | {r['top1']:.3f} | {final_lr(r)} | {'yes' if r['left_plateau'] else 'no'} |"
         for r in results["runs"])
     stem.with_suffix(".md").write_text(
@@ -90,8 +90,8 @@ def write_results(results: dict, stem: Path) -> None:
         f"`wiki.valid.tokens` with fixed 15% masks; the plateau is left at loss <= {PLATEAU_EXIT_LOSS}. "
         f"`--time-budget` ends the learning-rate schedule with the budget; `--max-minutes` stops the run where it "
         f"is, mid-schedule (wall s: the whole command).\n\n"
-        f"| preset | limit | wall s | steps | epochs | valid loss | top-1 | final lr | left the plateau |\n"
-        f"| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n{rows}\n")
+        f"| preset | limit | wall s | steps | valid loss | top-1 | final lr | left the plateau |\n"
+        f"| --- | --- | --- | --- | --- | --- | --- | --- |\n{rows}\n")
 
 
 def main() -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -147,19 +146,11 @@ def top1_guesses(model, inputs: torch.Tensor, labels: torch.Tensor, batch_size: 
     return torch.cat(guesses)
 
 
-def seeded_start(tokenizer, seed: int, checksum: float | None = None):
-    """The from-scratch model exactly as the Trainer initialises it (seed, then build), leaving the RNG untouched;
-    UserError if it is not the one recorded (`checksum`: another torch may draw other numbers from the seed)."""
+def seeded_start(tokenizer, seed: int):
+    """The from-scratch model exactly as the Trainer initialises it (seed, then build), leaving the RNG untouched."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = scratch_model(tokenizer).eval()
-    if checksum is not None and not math.isclose(weights_checksum(model), checksum, rel_tol=1e-9, abs_tol=1e-6):
-        raise UserError("this torch rebuilds another random start from the run's seed: its first snapshot is unavailable")
-    return model
-
-
-def weights_checksum(model) -> float:
-    return float(sum(t.double().sum() for t in unique_tensors(model).values()))
+        return scratch_model(tokenizer).eval()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -315,8 +306,7 @@ class SnapshotRecorder:
     def write(self, step: int, epoch: float, valid_loss: float, reason: str) -> None:
         if self.is_seeded_start(step):
             self.entries.append({"step": 0, "epoch": 0.0, "valid_loss": valid_loss, "file": None, "format": SEED,
-                                 "top1_agreement": 1.0, "bytes": 0, "reason": reason, "seed": self.trainer.config.seed,
-                                 "checksum": weights_checksum(self.trainer.model)})
+                                 "top1_agreement": 1.0, "bytes": 0, "reason": reason, "seed": self.trainer.config.seed})
             write_manifest(self.run_dir, self.entries)
             return
         model = self.trainer.model

@@ -84,7 +84,7 @@ class SnapshotModels:
             if entry["format"] == SEED:
                 with torch.no_grad():
                     for target, value in zip(unique_tensors(skeleton).values(),
-                                             unique_tensors(seeded_start(tokenizer, entry["seed"], entry.get("checksum"))).values()):
+                                             unique_tensors(seeded_start(tokenizer, entry["seed"])).values()):
                         target.copy_(value)
             else:
                 load_encoded(skeleton, read_snapshot(self.registry.entry(name).folder, entry), entry["format"])

@@ -52,13 +52,13 @@ def build(app, demo: gr.Blocks) -> dict:
     """Lay out the tab inside an open gr.Tab."""
     gr.Markdown(STORY)
     with gr.Row():
-        text = gr.Textbox(EXAMPLES[0][0], label="Sentence", lines=1, scale=4, max_length=5000,
+        text = gr.Textbox(EXAMPLES[0], label="Sentence", lines=1, scale=4, max_length=5000,
                           elem_id="timelapse-text")
         run = gr.Dropdown([], label="Run with snapshots", scale=2, elem_id="timelapse-run")
         top_k = gr.Slider(1, MAX_TOP_K, value=5, step=1, label="Top-k guesses", scale=1)
     snapshot = gr.Slider(0, 1, value=0, step=1, label="Snapshot (oldest to newest)", interactive=False,
                          elem_id="timelapse-step")
-    shown = gr.Markdown(elem_id="timelapse-caption")
+    shown = gr.Markdown("", elem_id="timelapse-caption")
     history = gr.State({})
     with gr.Row(equal_height=False):
         with gr.Column(scale=2):
