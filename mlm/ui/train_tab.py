@@ -107,7 +107,8 @@ class TrainHandlers:
 
     def stop_training(self) -> str:
         """Stop the run; with none going, the last run's outcome stays on screen."""
-        return status_markdown(self.jobs.status(), self.jobs.stop())
+        note = self.jobs.stop()  # first: the status then reads "stopping"
+        return status_markdown(self.jobs.status(), note)
 
     def training_status(self) -> str:
         return status_markdown(self.jobs.status())
