@@ -105,6 +105,7 @@ def run_status(run_dir: Path, exit_code: int | None, stop_requested: bool = Fals
     if records:  # the furthest point reached (a stopped run may end on a validation)
         latest = max(records, key=lambda r: r["step"])
         status.step, status.epoch, status.total_steps = latest["step"], latest["epoch"], records[-1]["total_steps"]
+    status.total_steps = status.total_steps or progress.get("total_steps")
     if valid:
         status.valid_loss = valid[-1]["loss"]
     if train:

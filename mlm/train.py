@@ -192,7 +192,8 @@ class Trainer:
         config = self.config
         self.progress.update(evaluations_expected=evaluations_expected(self.start_step, self.total_steps,
                                                                        self.steps_per_epoch, config.eval_every),
-                             tokens_per_step=self.global_batch * config.block_size, phase="training")
+                             tokens_per_step=self.global_batch * config.block_size, total_steps=self.total_steps,
+                             phase="training")
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             config.save(self.run_dir / ckpt.CONFIG_FILE)
