@@ -377,8 +377,9 @@ class Trainer:
             signal.setitimer(signal.ITIMER_REAL, max(left, 0.001))
 
     def should_stop(self, step: int) -> bool:
-        # several processes agree on stopping only where they sync anyway
-        return self.agreed_stop(step % self.config.log_every == 0)
+        # Several GPU processes agree on stopping only where they sync anyway (a step takes milliseconds); CPU steps
+        # take long enough that agreeing after each costs nothing, and torchrun kills workers 30 s after a SIGTERM.
+        return self.agreed_stop(step % self.config.log_every == 0 or self.device.type == "cpu")
 
     def agreed_stop(self, sync_point: bool) -> bool:
         """Whether to stop now: this process's flag alone, or, across processes, their agreement at a sync point."""
