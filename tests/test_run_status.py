@@ -203,3 +203,23 @@ def test_disk_and_encoding_failures_read_as_one_line():
 
 def test_requests_carry_the_validation_cap(tmp_path):
     assert TrainRequest(data_source="hub", max_eval_blocks=50).arguments(tmp_path)[-2:] == ["--max-eval-blocks", "50"]
+
+
+def test_the_trainer_answers_a_non_utf8_corpus_and_a_full_disk_in_one_line(tmp_path, capsys):
+    from mlm.train import main
+
+    latin = tmp_path / "latin-1.txt"
+    latin.write_bytes("Un caf\u00e9.\nDeux cr\u00e8mes.\nTrois.\n".encode("latin-1"))
+    assert main(["--text-file", str(latin), "--output-dir", str(tmp_path / "a")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: a text file is not UTF-8 text (byte 0xe9 at position 6): save it as UTF-8 plain text")
+
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "metrics.jsonl").symlink_to("/dev/full")  # every write there fails with ENOSPC, as on a full disk
+    assert main(["--data-dir", str(WIKITEXT_DIR), "--output-dir", str(full), "--max-train-blocks", "16",
+                 "--max-eval-blocks", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == ("error: cannot write the run folder: No space left on device (free some "
+                                            "space or choose another --output-dir)")
+    assert "Traceback" not in err
