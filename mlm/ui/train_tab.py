@@ -147,10 +147,11 @@ def build(app) -> dict:
             source = gr.Radio([(SOURCE_LABELS[key], key) for key in sources], label="Data", value=first_source,
                               interactive=allowed)
             data_dir = gr.Textbox(str(DEFAULT_DATA_DIR) if DEFAULT_DATA_DIR.is_dir() else "",
-                                  label="Local WikiText folder", interactive=allowed, visible=first_source == "folder")
+                                  label="Local WikiText folder", interactive=allowed, visible=first_source == "folder",
+                                  elem_id="train-folder")
             upload = gr.File(label=f"Text file (UTF-8 plain text, one paragraph per line, up to "
                                    f"{max_upload_bytes() / 1e6:g} MB)", file_types=[".txt"], type="filepath",
-                             interactive=allowed, visible=False)
+                             interactive=allowed, visible=False, elem_id="train-upload")
         with gr.Column():
             epochs = gr.Number(1, label="Epochs", minimum=0.01, interactive=allowed)
             lr = gr.Number(PRESETS["scratch"]["lr"], label="Learning rate", minimum=0, interactive=allowed)
@@ -159,7 +160,7 @@ def build(app) -> dict:
             max_blocks = gr.Number(2000, label="Cap: training blocks of 128 tokens (empty: all)", precision=0,
                                    minimum=1, interactive=allowed)
             max_minutes = gr.Number(5, label=CAP_HELP, minimum=0.1, interactive=allowed)
-            max_eval_blocks = gr.Number(None, label="Cap: validation blocks (empty: all; fewer validate faster)",
+            max_eval_blocks = gr.Number(400, label="Cap: validation blocks (empty: all; fewer validate faster)",
                                         precision=0, minimum=1, interactive=allowed)
     with gr.Row():
         start = gr.Button("Start training", variant="primary", interactive=allowed and not app.jobs.running())
