@@ -23,7 +23,6 @@ PRESET_TEXT = {
     "finetune": "Fine-tunes a pretrained BERT (offline: MiniLM) on the text: good guesses after little training.",
     "fast": "The best from-scratch recipe found (batch 128, lr 2e-3, 30% masks): made for a GPU, slow on a CPU.",
 }
-PHASE_ICONS = {"starting": "⏳", "training": "🏋️", "validating": "🧪", "stopping": "⏹️", "saving": "💾"}
 CAP_HELP = ("Cap: minutes from Start (loading data, validations and training all count; then it stops with a "
             "resumable checkpoint)")
 
@@ -38,7 +37,7 @@ def status_markdown(status: RunStatus, note: str = "") -> str:
     if status.run_dir is None:
         return lead + escape(status.message)
     total = number(status.total_steps, "{:,}")
-    label = f"{PHASE_ICONS.get(status.phase, '')} {status.phase}" if status.active else status.state
+    label = status.phase if status.active else status.state
     eta = duration(status.eta_s) + (" (minutes cap)" if status.eta_capped else "")
     return (f"{lead}**{escape(status.run_dir.name)}**: {label}. {escape(status.message)}\n\n"
             f"| step | epoch | loss | valid loss | tokens/s | since Start | ETA (validations included) |\n"
