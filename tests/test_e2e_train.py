@@ -54,8 +54,9 @@ def test_a_teacher_starts_watches_and_stops_a_run(train_page):
 
     began = time.monotonic()
     page.get_by_role("button", name="Stop", exact=True).click()
-    expect(status).to_contain_text("Stopped by the Stop button", timeout=15_000)
-    assert time.monotonic() - began < 15  # the process ended and the page said so (timer: every 2 s)
+    # the trainer (at nice 10) ends within seconds on a quiet machine; a busy shared one is allowed 30 s here
+    expect(status).to_contain_text("Stopped by the Stop button", timeout=30_000)
+    assert time.monotonic() - began < 30
     expect(status).to_contain_text("press Resume")
     page.get_by_role("button", name="Stop", exact=True).click()  # again: the outcome stays
     expect(status).to_contain_text("No training run is going.")

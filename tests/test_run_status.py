@@ -53,6 +53,8 @@ def test_stop_pressed_reads_stopping_until_the_checkpoint_is_being_written(tmp_p
     (run / "progress.json").unlink()
     write_run(run, {"phase": "saving"})
     assert run_status(run, None, stop_requested=True).phase == "saving"
+    write_run(run, {"phase": "done", "stop_reason": "stop"})  # saved, the process still exiting
+    assert run_status(run, None).phase == "stopping"
 
 
 def test_the_eta_counts_the_remaining_validations_and_stops_at_the_cap(tmp_path):
