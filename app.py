@@ -3,30 +3,49 @@
 
 MLM_CHECKPOINTS_DIR points it at another checkpoints folder (default: checkpoints/ beside this file).
 
-Inference requests share one worker so two of them never fight over the two CPUs of a free Space, and torch keeps
-its default of one thread per core, the fastest for one request at a time (on 2 cores: 13 ms for both models
-against 21 ms with one thread). Training runs in its own lower-priority process, so the page stays responsive.
+Inference requests share one worker thread (mlm.inference) so two forward passes never fight over the two CPUs of a
+free Space; up to FILL_MASK_CONCURRENCY requests wait on it at once and share its next padded forward pass, and
+torch keeps its default of one thread per core. Training runs in its own lower-priority process, so the page stays
+responsive.
+
+A public Space serves a whole class, so nothing one visitor sends may stall it: the queue holds at most QUEUE_SIZE
+events and one session at most EVENTS_PER_SESSION (beyond, "The app is busy: try again in a moment"), request
+bodies over 1 MB are refused before they are read (uploads excepted) and texts over 5,000 characters before they
+are tokenized (mlm.predict.check_text), and errors tell the user what is wrong in their terms while the details go
+to this process's log (stderr).
 """
 
+import logging
 import os
 import threading
 from pathlib import Path
 
+from starlette.middleware import Middleware
+
 from mlm.ui import CSS, DemoApp, build_demo
+from mlm.ui.guards import BodyLimit, limit_per_session, set_concurrency
 from mlm.ui.train_tab import upload_limit
 
-INFERENCE_CONCURRENCY = 1
+# fill_mask requests (API and Compare tab) waiting together on the inference worker: its largest batch. The Explain
+# views compute in their own handlers, so their group ("inference") keeps one at a time.
+FILL_MASK_CONCURRENCY = 16
+QUEUE_SIZE = 128  # events waiting for a worker, all sessions together: about a second of work when batched
+EVENTS_PER_SESSION = 8  # a page opening fires up to 4 events at once (3 loads, a tick); then a few clicks
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = DemoApp(os.environ.get("MLM_CHECKPOINTS_DIR", Path(__file__).resolve().parent / "checkpoints"))
     demo = build_demo(app)
     # Load the default models while the server starts, so the first student does not wait for them.
     threading.Thread(target=app.warm_up, daemon=True).start()
-    demo.queue(default_concurrency_limit=INFERENCE_CONCURRENCY)
+    set_concurrency(demo, "fill_mask", FILL_MASK_CONCURRENCY)
+    demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
+    limit_per_session(demo, EVENTS_PER_SESSION)
     port = os.environ.get("GRADIO_SERVER_PORT")
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME"), server_port=int(port) if port else None,
-                css=CSS, footer_links=["api"], max_file_size=upload_limit())  # no uploads where training is off
+                css=CSS, footer_links=["api"], max_file_size=upload_limit(),  # no uploads where training is off
+                app_kwargs={"middleware": [Middleware(BodyLimit)]})
 
 
 if __name__ == "__main__":

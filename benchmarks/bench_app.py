@@ -8,7 +8,9 @@ Measures the two default models of the Compare tab (the first two the registry o
   * in process: ModelRegistry.fill_mask for both models together, after a warm-up;
   * over HTTP: gradio_client's Client.predict("/fill_mask") against that running app (queue, SSE and JSON included);
   * over HTTP while a training job runs (started as the Train tab does, through mlm.runs), when a local WikiText
-    folder is there: shows whether inference stays responsive with both cores busy training.
+    folder is there: shows whether inference stays responsive with both cores busy training;
+  * the Explain endpoints in process, both models per measurement: layer_guesses and attention on the same
+    sentence, score_sentence (pseudo-log-likelihood) on a 20-word sentence.
 Writes <output-stem>.json and <output-stem>.md (default benchmarks/app_results.*), naming the machine.
 """
 
@@ -31,7 +33,10 @@ sys.path.insert(0, str(REPO))
 
 SENTENCE = "The capital of France is [MASK]."
 TOP_K = 5
-TARGETS = {"start_s": 20, "in_process_p50_ms": 40, "http_p50_ms": 150}
+EXPLAIN_SENTENCE = ("The old farmer walked slowly across the wide green field to check on the sheep before the "
+                    "evening rain came.")  # 20 words
+TARGETS = {"start_s": 20, "in_process_p50_ms": 40, "http_p50_ms": 150,
+           "layer_guesses_p50_ms": 60, "attention_p50_ms": 60, "score_sentence_p50_ms": 150}
 
 
 def machine() -> str:
@@ -108,6 +113,34 @@ def calls_while_training(client, runs: int, left: str, right: str, data_dir: Pat
             jobs.wait(120)
 
 
+def in_process(call, runs: int) -> list[float]:
+    for _ in range(10):  # warm-up
+        call()
+    seconds = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        call()
+        seconds.append(time.perf_counter() - began)
+    return seconds
+
+
+def explain_latencies(registry, runs: int, left: str, right: str) -> dict:
+    """p50/p95 of each Explain endpoint for both models together, as the Explain tab calls them."""
+    from mlm.explain import Explainer
+
+    explainer = Explainer(registry)
+    calls = {
+        "layer_guesses": lambda model: explainer.layer_guesses(SENTENCE, TOP_K, model),
+        "attention": lambda model: explainer.attention(SENTENCE, model),
+        "score_sentence": lambda model: explainer.score_sentence(EXPLAIN_SENTENCE, model),
+    }
+    for name, call in calls.items():
+        for model in (left, right):
+            if "error" in call(model):
+                raise SystemExit(f"{name} failed on {model}: {call(model)['error']}")
+    return {name: percentiles(in_process(lambda: (call(left), call(right)), runs)) for name, call in calls.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoints-dir", type=Path, default=REPO / "checkpoints")
@@ -137,13 +170,8 @@ def main() -> int:
         server.terminate()
         server.wait(30)
 
-    for _ in range(10):
-        registry.fill_mask(SENTENCE, TOP_K, left, right)
-    in_process = []
-    for _ in range(args.runs):
-        began = time.perf_counter()
-        registry.fill_mask(SENTENCE, TOP_K, left, right)
-        in_process.append(time.perf_counter() - began)
+    local = in_process(lambda: registry.fill_mask(SENTENCE, TOP_K, left, right), args.runs)
+    explain = explain_latencies(registry, args.runs, left, right)
 
     results = {
         "machine": machine(), "date": time.strftime("%Y-%m-%d"), "load_average_at_start": load_at_start,
@@ -151,8 +179,9 @@ def main() -> int:
         "checkpoints": {name: os.path.relpath(registry.entry(name).location, REPO) for name in (left, right)},
         "request": {"text": SENTENCE, "top_k": TOP_K, "models_per_call": 2},
         "start_to_first_answer_s": round(first_answer_s, 2),
-        "in_process_both_models": percentiles(in_process), "http_gradio_client_both_models": percentiles(http),
+        "in_process_both_models": percentiles(local), "http_gradio_client_both_models": percentiles(http),
         "http_while_training": percentiles(training) if training else None,
+        "explain_in_process_both_models": explain, "explain_score_sentence_text": EXPLAIN_SENTENCE,
         "targets": TARGETS,
     }
     args.output_stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
@@ -174,7 +203,12 @@ one `[MASK]`, top-{results['request']['top_k']}, both models per call. Command: 
 | fill_mask in process, p50 / p95 ({local['runs']} calls) | {local['p50_ms']} / {local['p95_ms']} ms | p50 ≤ {TARGETS['in_process_p50_ms']} ms |
 | fill_mask over HTTP (gradio_client), p50 / p95 ({http['runs']} calls) | {http['p50_ms']} / {http['p95_ms']} ms | p50 ≤ {TARGETS['http_p50_ms']} ms |
 """ + (f"""| the same while a CPU training job runs (nice 10, its own process), p50 / p95 | {training['p50_ms']} / {training['p95_ms']} ms | – |
-""" if (training := results["http_while_training"]) else "")
+""" if (training := results["http_while_training"]) else "") + "".join(
+        f"| Explain `{name}` in process, both models, p50 / p95 ({row['runs']} calls) | {row['p50_ms']} / "
+        f"{row['p95_ms']} ms | p50 ≤ {TARGETS[name + '_p50_ms']} ms |\n"
+        for name, row in results["explain_in_process_both_models"].items()) + (
+        f"\n`layer_guesses` and `attention` on the sentence above; `score_sentence` on the 20-word "
+        f"\"{results['explain_score_sentence_text']}\" (one batched pass per model).\n")
 
 
 if __name__ == "__main__":

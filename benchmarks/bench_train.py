@@ -1,6 +1,7 @@
 """Training benchmark: the original loop, HF Trainer, and the package's presets, side by side on one machine.
 
     python benchmarks/bench_train.py --data-dir ../shared/data/wikitext-2-v1 --parts reference,trainer,scratch,fast,bert
+    python benchmarks/bench_train.py --data-dir ../shared/data/wikitext-2-v1 --parts reference,scratch,fast,fast-long --stem h200
     python benchmarks/bench_train.py --data-dir ../shared/data/wikitext-2-v1 --parts cpu          # the 2-core CPU
     python benchmarks/bench_train.py --data-dir ../shared/data/wikitext-2-v1 --parts multi        # 2 GPUs of one host
 
@@ -226,7 +227,7 @@ def write_results(results: dict, stem: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--parts", default="reference,trainer,scratch,fast,bert")
+    parser.add_argument("--parts", default="reference,trainer,scratch,scratch_compiled,fast,fast-long,bert")
     parser.add_argument("--bert-config", default=str(ROOT.parent / "shared/data/bert-base-uncased/config.json"))
     parser.add_argument("--stem", help="results file name part (default: gpu name or 'cpu')")
     parser.add_argument("--only", type=lambda text: text.split(","), help="with --parts multi: these runs only")
@@ -240,18 +241,28 @@ def main() -> None:
     flops = model_flops_per_token(scratch_model(data.tokenizer).config)
     machine = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     runs: dict[str, dict] = {}
+    stem = args.stem or ("cpu" if not torch.cuda.is_available() else re.sub(r"\W+", "_", machine.lower()))
+
+    def save() -> None:  # after every part, so a run cut short (a device time limit) keeps what it measured
+        write_results({"machine": machine, "torch": torch.__version__, "date": str(date.today()), "runs": runs}, stem)
 
     if "reference" in parts:
         runs["reference"] = score(reference_loop(data, epochs=3), data, flops)
         runs["reference"]["peak_memory_mb"] = peak_memory_mb()
+        save()
     if "trainer" in parts:
         runs["hf_trainer_bf16"] = score(hf_trainer(data, epochs=3), data, flops)
         runs["hf_trainer_bf16"]["peak_memory_mb"] = peak_memory_mb()
     if "scratch" in parts:
         runs["package_scratch"] = score(package_run("scratch", ["--preset", "scratch"], args.data_dir), data, flops)
+        save()
+    if "scratch_compiled" in parts:
         runs["package_scratch_compiled"] = score(package_run("scratch_c", ["--preset", "scratch", "--compile"], args.data_dir), data, flops)
     if "fast" in parts:
         runs["package_fast"] = score(package_run("fast", ["--preset", "fast"], args.data_dir), data, flops)
+        save()
+    if "fast-long" in parts:
+        runs["package_fast_long"] = score(package_run("fast-long", ["--preset", "fast-long"], args.data_dir), data, flops)
     if "bert" in parts:  # fine-tuning throughput on the bert-base architecture (random weights), batch 8
         runs.update(bert_base_throughput(data, args))
     if "cpu" in parts:  # short runs: the CPU needs minutes per epoch
@@ -261,8 +272,7 @@ def main() -> None:
                                                     args.data_dir), data, flops)
     if "multi" in parts:
         runs.update(multi_gpu(data, args))
-    stem = args.stem or ("cpu" if not torch.cuda.is_available() else re.sub(r"\W+", "_", machine.lower()))
-    write_results({"machine": machine, "torch": torch.__version__, "date": str(date.today()), "runs": runs}, stem)
+    save()
 
 
 def bert_base_folder(bert_config: str) -> str:

@@ -178,8 +178,12 @@ class MaskingSpec:
         return cls(tokenizer.mask_token_id, len(tokenizer), tuple(sorted(tokenizer.all_special_ids)), probability)
 
 
-def mask_tokens(input_ids: torch.Tensor, spec: MaskingSpec, generator: torch.Generator | None = None):
+def mask_tokens(input_ids: torch.Tensor, spec: MaskingSpec, generator: torch.Generator | None = None,
+                probability: torch.Tensor | None = None):
     """(inputs, labels) with BERT's 80/10/10 masking; labels are IGNORE_INDEX where nothing is predicted.
+
+    `probability`, a 0-dim tensor on the batch's device, replaces `spec.probability`: a captured CUDA graph then reads
+    its current value at every replay, so the masking rate can follow a schedule.
 
     Two uniform draws replace DataCollatorForLanguageModeling's three Bernoulli draws with the same distribution:
     u < p chooses a token; then v < 0.8 -> [MASK], 0.8 <= v < 0.9 -> random token, else kept. It never syncs with
@@ -189,7 +193,8 @@ def mask_tokens(input_ids: torch.Tensor, spec: MaskingSpec, generator: torch.Gen
     special = torch.zeros_like(input_ids, dtype=torch.bool)
     for special_id in spec.special_ids:  # no host->device copy: this must also run inside a CUDA graph capture
         special |= input_ids == special_id
-    chosen = (torch.rand(input_ids.shape, device=device, generator=generator) < spec.probability) & ~special
+    rate = spec.probability if probability is None else probability
+    chosen = (torch.rand(input_ids.shape, device=device, generator=generator) < rate) & ~special
     labels = torch.where(chosen, input_ids, IGNORE_INDEX)
     action = torch.rand(input_ids.shape, device=device, generator=generator)
     random_words = torch.randint(spec.vocab_size, input_ids.shape, device=device, generator=generator)
@@ -234,12 +239,18 @@ def load_mlm_data(
     max_train_blocks: int | None = None,
     max_eval_blocks: int | None = None,
 ) -> MLMData:
+    from mlm import fastdata  # (imports this module)
+
     tok = load_tokenizer(tokenizer)
-    corpus = load_corpus(data_dir, text_files)
-    for split in ("train", "validation"):
-        if split not in corpus or len(corpus[split]) == 0:
-            raise UserError(f"the corpus has no {split} text ({data_dir or text_files or 'hub'})")
-    blocks = {split: blocks_tensor(group_into_blocks(corpus[split], tok, block_size)) for split in ("train", "validation")}
+    if not text_files and fastdata.has_wikitext_files(data_dir):  # the same blocks without `datasets`, cached
+        blocks, line_counts = fastdata.wikitext_blocks(data_dir, tok, block_size)
+    else:
+        corpus = load_corpus(data_dir, text_files)
+        for split in ("train", "validation"):
+            if split not in corpus or len(corpus[split]) == 0:
+                raise UserError(f"the corpus has no {split} text ({data_dir or text_files or 'hub'})")
+        blocks = {split: blocks_tensor(group_into_blocks(corpus[split], tok, block_size)) for split in ("train", "validation")}
+        line_counts = {split: len(lines) for split, lines in corpus.items()}
     for split, tensor in blocks.items():
         if len(tensor) == 0:
             raise UserError(f"the {split} text is shorter than one {block_size}-token block")
@@ -247,7 +258,7 @@ def load_mlm_data(
         tokenizer=tok,
         train_blocks=blocks["train"][:max_train_blocks],
         valid_blocks=blocks["validation"][:max_eval_blocks],
-        line_counts={split: len(lines) for split, lines in corpus.items()},
+        line_counts=line_counts,
     )
 
 

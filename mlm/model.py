@@ -17,6 +17,7 @@ from torch import nn
 
 from mlm.data import IGNORE_INDEX
 from mlm.hub import UserError, resolve
+from mlm.manifest import verify_checkpoint
 
 # The mission's model: 3 layers, hidden 256, 4 heads, FFN 1024, 512 positions, dropout 0.1 -> 10,411,834 parameters.
 SCRATCH_ARCHITECTURE = dict(
@@ -75,23 +76,43 @@ class MaskedLMObjective(nn.Module):
     the mean. The result equals `BertForMaskedLM(...).loss` on the same batch.
     """
 
-    def __init__(self, model, max_predictions: int):
+    def __init__(self, model, max_predictions: int, vocab_multiple: int = 1):
         super().__init__()
         self.model = model
         self.max_predictions = max_predictions
+        self.vocab_multiple = vocab_multiple
+
+    def output_layer(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The MLM head, its vocabulary padded to `vocab_multiple` columns whose logits are -inf (so they change no
+        loss, gradient or top-k). 30,522 logits a row are not 16-byte aligned in bf16, which keeps cuBLAS on
+        Ampere-era kernels for the step's largest matrix products (benchmarks/profile_h200.txt); 30,528 are."""
+        head = self.model.cls.predictions
+        padding = -head.decoder.out_features % self.vocab_multiple
+        if not padding:
+            return head(hidden)
+        weight = F.pad(head.decoder.weight, (0, 0, 0, padding))
+        bias = F.pad(head.decoder.bias, (0, padding), value=float("-inf"))
+        return F.linear(head.transform(hidden), weight, bias)
 
     def predictions(self, input_ids: torch.Tensor, labels: torch.Tensor):
-        """(logits, targets) at up to `max_predictions` positions; targets are IGNORE_INDEX at padding."""
+        """(logits, targets) at up to `max_predictions` positions; targets are IGNORE_INDEX at padding (and logits -inf
+        in the padding columns of `vocab_multiple`)."""
         hidden = self.model.bert(input_ids=input_ids).last_hidden_state
         hidden = hidden.reshape(-1, hidden.shape[-1])
         targets = labels.reshape(-1)
         # Stable sort of "is not masked" puts the masked positions first, in order, with a static output size.
         order = torch.argsort((targets == IGNORE_INDEX).to(torch.uint8), stable=True)[: self.max_predictions]
-        return self.model.cls(hidden[order]), targets[order]
+        return self.output_layer(hidden[order]), targets[order]
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits, targets = self.predictions(input_ids, labels)
-        return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX)
+        if logits.dtype == torch.float32:
+            return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
+        # bf16 (under autocast): the ~5k x 30,522 softmax is the step's largest memory traffic, and an fp32 copy of
+        # the logits (which autocast would make) doubles it; the kernels accumulate in fp32 either way. On an H200
+        # this took a `fast` step from 8.6 to 7.4 ms.
+        with torch.autocast(logits.device.type, enabled=False):
+            return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX).float()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -170,11 +191,19 @@ def weights_file(folder: Path) -> Path | None:
 
 
 def load_model(folder: str | Path, torch_dtype: torch.dtype = torch.float32):
-    """A BertForMaskedLM ready for inference from a full checkpoint or a LoRA one (merged into the base)."""
+    """A BertForMaskedLM ready for inference from a full checkpoint or a LoRA one (merged into the base); a
+    checkpoint that does not match its manifest, or holds non-finite weights, is refused with a UserError."""
+    verify_checkpoint(Path(folder))
+    model = _load_model(Path(folder), torch_dtype)
+    if not all(bool(p.isfinite().all()) for p in model.parameters()):
+        raise UserError(f"the checkpoint '{Path(folder).name}' holds non-finite weights (its run diverged): not used")
+    return model
+
+
+def _load_model(folder: Path, torch_dtype: torch.dtype):
     from peft import PeftModel
     from transformers import AutoModelForMaskedLM
 
-    folder = Path(folder)
     try:
         if not (folder / ADAPTER_CONFIG).is_file():
             return AutoModelForMaskedLM.from_pretrained(folder, use_safetensors=True, dtype=torch_dtype).eval()

@@ -6,9 +6,11 @@ Every string placed in a figure is HTML-escaped, because plotly renders tags suc
 from __future__ import annotations
 
 import csv
+import hashlib
 import html
 import math
 import os
+import tempfile
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -17,12 +19,24 @@ from plotly.subplots import make_subplots
 
 UNIFORM_GUESS_LOSS = math.log(30522)  # cross-entropy of guessing uniformly over BERT's 30,522 WordPieces
 REPORT_LOSS = 6.48  # the original assignment report's final validation loss
-RUN_COLOURS = plotly_colors.qualitative.Plotly
+RUN_COLOURS = plotly_colors.qualitative.Dark24  # many colours: runs picked by name rarely share one
 METRIC_COLUMNS = ("run", "step", "epoch", "split", "loss", "perplexity", "top1", "top5", "lr", "tokens_per_s", "elapsed_s")
 
 
+def percent(score: float) -> str:
+    """The one probability format of the Compare tab, in its charts and its tables."""
+    return f"{100 * score:.1f}%"
+
+
+def label(text: str) -> str:
+    """Text for a plotly label: plotly renders tags (<b>, <br>) and decodes only &amp; &lt; &gt; and numeric
+    entities, so `<`, `>` and `&` are escaped and quotes are left alone (escaped, `"` would read `&quot;`)."""
+    return html.escape(str(text), quote=False)
+
+
 def guesses_chart(answer: dict) -> go.Figure:
-    """Horizontal bars of the top-k candidates, one panel per [MASK], best guess on top."""
+    """Horizontal bars of the top-k candidates, one panel per [MASK], best guess on top. Every chart spans 0-100%,
+    so equal bars on the left and the right mean equal confidence."""
     masks = answer.get("masks", [])
     if not masks:
         return go.Figure(layout=dict(height=120, margin=dict(l=10, r=10, t=10, b=10),
@@ -32,53 +46,108 @@ def guesses_chart(answer: dict) -> go.Figure:
     for row, mask in enumerate(masks, start=1):
         candidates = mask["candidates"][::-1]
         figure.add_trace(go.Bar(
-            x=[c["score"] for c in candidates], y=[html.escape(c["token"]) for c in candidates], orientation="h",
-            text=[f"{100 * c['score']:.2g}%" for c in candidates], textposition="auto", marker_color="#4f7cac",
-            hovertemplate="%{y}: %{x:.4f}<extra></extra>", showlegend=False,
+            x=[c["score"] for c in candidates], y=[label(c["token"]) for c in candidates], orientation="h",
+            text=[percent(c["score"]) for c in candidates], textposition="outside", cliponaxis=False,
+            marker_color="#4f7cac", customdata=[label(c.get("sequence", c["token"])) for c in candidates],
+            hovertemplate="%{customdata}<br>%{text}<extra></extra>", showlegend=False,
         ), row=row, col=1)
-        figure.update_xaxes(rangemode="tozero", tickformat=".2~%", row=row, col=1)
-    rows_height = sum(24 * len(m["candidates"]) + 40 for m in masks)
-    figure.update_layout(height=max(180, rows_height), margin=dict(l=10, r=10, t=30, b=10), bargap=0.15)
+        figure.update_xaxes(range=[0, 1], tickformat=".0%", dtick=0.5, fixedrange=True, row=row, col=1)
+        figure.update_yaxes(fixedrange=True, automargin=True, row=row, col=1)
+    rows_height = sum(24 * max(len(m["candidates"]), 1) + 40 for m in masks)
+    figure.update_layout(height=max(180, rows_height), margin=dict(l=10, r=45, t=30, b=10), bargap=0.15)
     return figure
 
 
 X_AXES = ("step", "epoch")  # epochs put runs with different batch sizes (steps of different sizes) side by side
 
 
-def curves(runs: dict[str, list[dict]], x_axis: str = "step") -> tuple[go.Figure, go.Figure]:
-    """(loss figure, validation perplexity figure) for several runs overlaid, against the step or the epoch."""
+SPARSE_POINTS = 40  # a curve with fewer points than this shows each one as a marker (a new run's first points)
+LEGEND_ROW_PX = 24
+
+
+def run_colour(name: str) -> str:
+    """A run's colour, from its name alone: it keeps its colour whatever else is shown beside it."""
+    digest = int(hashlib.sha1(name.encode()).hexdigest(), 16)
+    return RUN_COLOURS[digest % len(RUN_COLOURS)]
+
+
+def log_ticks(values: list[float]) -> dict:
+    """Tick values and labels for a log axis: 1-2-5 steps per decade (1-3 past three decades), written out in
+    full ("20", "5,000") instead of plotly's "5, 2, 10k, 5, 2"."""
+    positive = [v for v in values if v and v > 0 and math.isfinite(v)]
+    if not positive:
+        return {}
+    low, high = math.floor(math.log10(min(positive))), math.ceil(math.log10(max(positive)))
+    steps = (1, 2, 5) if high - low <= 3 else (1, 3)
+    ticks = [m * 10 ** e for e in range(low, high + 1) for m in steps if min(positive) / 1.5 <= m * 10 ** e <= max(positive) * 1.5]
+    return dict(tickvals=ticks, ticktext=[f"{t:,.0f}" if t >= 1 else f"{t:g}" for t in ticks])
+
+
+def focus_range(records: list[dict], x_axis: str) -> list[float] | None:
+    """The x range of a whole run, from its first point to its planned last step (or epoch)."""
+    last = next((r for r in reversed(records) if r.get("total_steps") and r.get("step")), None)
+    if last is None:
+        return None
+    if x_axis == "step":
+        return [0, last["total_steps"] * 1.02]
+    return [0, last["epoch"] * last["total_steps"] / last["step"] * 1.02]
+
+
+def curves(runs: dict[str, list[dict]], x_axis: str = "step", focus: str | None = None) -> tuple[go.Figure, go.Figure]:
+    """(loss figure, validation perplexity figure) for several runs overlaid, against the step or the epoch.
+
+    `focus` names a run in progress: both plots are zoomed to its whole planned length, so it is not squeezed
+    into a corner by runs thousands of steps longer (a double-click on the plot shows every run).
+    """
     if x_axis not in X_AXES:
         raise ValueError(f"x_axis must be one of {X_AXES}, got {x_axis!r}")
     loss, perplexity = go.Figure(), go.Figure()
-    for number, (name, records) in enumerate(runs.items()):
-        label, colour = html.escape(name), RUN_COLOURS[number % len(RUN_COLOURS)]  # one colour per run
+    for name, records in runs.items():
+        name_label, colour = label(name), run_colour(name)
         train = [r for r in records if r.get("split") == "train"]
         valid = [r for r in records if r.get("split") == "valid"]
-        loss.add_trace(go.Scatter(x=[r[x_axis] for r in train], y=[r["loss"] for r in train], mode="lines",
-                                  name=f"{label}: train", legendgroup=label, line=dict(color=colour)))
+        line = "lines+markers" if len(train) < SPARSE_POINTS else "lines"
+        loss.add_trace(go.Scatter(x=[r[x_axis] for r in train], y=[r["loss"] for r in train], mode=line,
+                                  name=name_label, legendgroup=name_label, line=dict(color=colour)))
         loss.add_trace(go.Scatter(x=[r[x_axis] for r in valid], y=[r["loss"] for r in valid], mode="lines+markers",
-                                  name=f"{label}: validation", legendgroup=label, line=dict(color=colour, dash="dot")))
+                                  name=f"{name_label}: validation", legendgroup=name_label, showlegend=False,
+                                  line=dict(color=colour, dash="dot")))
         perplexity.add_trace(go.Scatter(x=[r[x_axis] for r in valid], y=[r["perplexity"] for r in valid],
-                                        mode="lines+markers", name=label, line=dict(color=colour)))
+                                        mode="lines+markers", name=name_label, showlegend=False,
+                                        line=dict(color=colour)))
     loss.add_hline(y=UNIFORM_GUESS_LOSS, line_dash="dash", line_color="grey",
                    annotation_text=f"uniform guess: ln(30522) ≈ {UNIFORM_GUESS_LOSS:.2f}")
     loss.add_hline(y=REPORT_LOSS, line_dash="dash", line_color="firebrick",
                    annotation_text=f"original report: {REPORT_LOSS}")
-    loss.update_layout(title="Loss (cross-entropy at masked tokens)", xaxis_title=x_axis, yaxis_title="loss",
-                       height=420, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2))
-    perplexity.update_layout(title="Validation perplexity", xaxis_title=x_axis, yaxis_title="perplexity (log)",
-                             yaxis_type="log", height=360, margin=dict(l=10, r=10, t=40, b=10))
+    # The legend sits under the loss plot with room reserved for it (one row per run on a phone), so it never
+    # covers a plot; the perplexity plot uses the same colours and needs no legend of its own.
+    legend_px = LEGEND_ROW_PX * len(runs) + 40
+    loss.update_layout(title="Loss at the masked words (solid: training, dotted: validation)", xaxis_title=x_axis,
+                       yaxis_title="loss", height=380 + legend_px, margin=dict(l=10, r=10, t=40, b=legend_px),
+                       legend=dict(orientation="h", yanchor="top", y=-0.15, x=0))
+    perplexity.update_layout(title="Validation perplexity (colours as above)", xaxis_title=x_axis,
+                             yaxis_title="perplexity (log scale)", yaxis=dict(type="log", **log_ticks(
+                                 [r.get("perplexity") for records in runs.values() for r in records])),
+                             height=360, margin=dict(l=10, r=10, t=40, b=10))
+    if focus in runs and (span := focus_range(runs[focus], x_axis)):
+        for figure in (loss, perplexity):
+            figure.update_xaxes(range=span)
     return loss, perplexity
 
 
 def write_metrics_csv(runs: dict[str, list[dict]], path: Path) -> Path:
-    """Written beside and then moved into place, so a download in progress never reads half a file."""
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for name, records in runs.items():
-            for record in records:
-                writer.writerow({"run": name, **record})
-    os.replace(partial, path)
+    """Written to a file of its own and then moved into place: a download in progress never reads half a file, and
+    two requests writing the same path at once never take each other's partial file away."""
+    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".partial")
+    try:
+        with os.fdopen(handle, "w", newline="") as out:
+            writer = csv.DictWriter(out, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            for name, records in runs.items():
+                for record in records:
+                    writer.writerow({"run": name, **record})
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
     return path

@@ -6,51 +6,48 @@ The registry offers, by display name:
   * every other run folder under `checkpoints/` that holds a finished checkpoint, named after its folder, so a run
     trained from the app appears without a restart.
 
-Each model is loaded once and kept; it is loaded again only if its weights file changed (a resumed run).
+Loaded models are kept in a bounded cache: the configured (shipped) ones always, at most `extra_models` others,
+least recently used out first; a model is loaded again if its weights file changed (a resumed run).
 Predictions run the encoder once and the 30,522-way output layer only at the [MASK] positions, which gives the same
-scores as `transformers.pipeline("fill-mask")` for a fraction of the work.
+scores as `transformers.pipeline("fill-mask")` for a fraction of the work. Concurrent requests share padded forward
+passes on one worker thread (mlm.inference), and answers to repeated questions (the examples, the default sentence)
+come from a small cache.
+
+What reaches a client is in the user's terms only: server paths and exception details go to the server log.
 """
 
 from __future__ import annotations
 
+import copy
 import json
-import re
+import logging
 import threading
+from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from mlm.checkpoint import CONFIG_FILE, METRICS_FILE, read_metrics
+from mlm import readable
+from mlm.cards import model_card
+from mlm.durability import servable
+from mlm.checkpoint import METRICS_FILE
+# The checks live in mlm.checks; the app and the Explain views import them from here, beside the registry.
+from mlm.checks import (MASK, MAX_MASKS, MAX_TEXT_CHARS, MAX_TOP_K, check_length, check_masked,  # noqa: F401
+                        check_sentence, check_text, check_top_k, normalise_masks)
 from mlm.hub import UserError, hub_reachable
+from mlm.inference import LRUCache, MicroBatcher, masked_top_k
 from mlm.model import load_model, weights_file
 
+logger = logging.getLogger(__name__)
+
 MODELS_FILE = "models.json"
-MAX_MASKS = 10
-MAX_TOP_K = 20
-# What students type for a mask, in any case: BERT's [MASK] and RoBERTa's <mask>.
-MASK_SPELLINGS = re.compile(r"\[mask\]|<mask>", re.IGNORECASE)
-MASK = "[MASK]"
-PARAMETERS_IN_CARD = re.compile(r"\(([\d,]+) parameters")
-
-
-def normalise_masks(text: str) -> str:
-    return MASK_SPELLINGS.sub(MASK, text)
-
-
-def check_text(text: str, top_k) -> str:
-    """The text with its masks normalised, or UserError with a short message for the student."""
-    if not isinstance(text, str) or not text.strip():
-        raise UserError("Type a sentence first, with [MASK] where a word is missing.")
-    text = normalise_masks(text.strip())
-    masks = text.count(MASK)
-    if masks == 0:
-        raise UserError("Your sentence has no [MASK]: put [MASK] where the model should guess a word.")
-    if masks > MAX_MASKS:
-        raise UserError(f"Use at most {MAX_MASKS} [MASK]s at a time (this text has {masks}).")
-    if not isinstance(top_k, (int, float)) or top_k != int(top_k) or not 1 <= top_k <= MAX_TOP_K:
-        raise UserError(f"Top-k must be a whole number from 1 to {MAX_TOP_K}.")
-    return text
+EXTRA_MODELS = 2  # loaded models kept besides the configured ones (about 50-100 MB each)
+ANSWER_CACHE_SIZE = 256
+# Short sentences only: an answer repeats its text in each candidate's "sequence" (up to 200 times), so this bounds
+# the cache to about 15 MB at worst; a typical answer is a few kB.
+ANSWER_CACHE_MAX_CHARS = 300
 
 
 @dataclass(frozen=True)
@@ -71,11 +68,14 @@ class ModelEntry:
 
 
 class ModelRegistry:
-    def __init__(self, checkpoints_dir: str | Path):
+    def __init__(self, checkpoints_dir: str | Path, extra_models: int = EXTRA_MODELS):
         self.checkpoints_dir = Path(checkpoints_dir)
         self.project_dir = self.checkpoints_dir.resolve().parent  # models.json paths are relative to the project
-        self._loaded: dict[str, tuple] = {}  # name -> (version, model, tokenizer)
+        self.extra_models = extra_models
+        self._loaded: OrderedDict[str, tuple] = OrderedDict()  # name -> (version, model, tokenizer), LRU first
         self._load_lock = threading.Lock()
+        self._answers = LRUCache(ANSWER_CACHE_SIZE)  # (name, version, text, top_k) -> answer
+        self._batcher = MicroBatcher(self._run_batch)
 
     # ------------------------------------------------------------------------------------------------------------
     # Which models exist
@@ -107,7 +107,7 @@ class ModelRegistry:
         if not self.checkpoints_dir.is_dir():
             return []
         folders = sorted(p for p in self.checkpoints_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-        return [ModelEntry(folder.name, str(folder)) for folder in folders if weights_file(folder)]
+        return [ModelEntry(folder.name, str(folder)) for folder in folders if weights_file(folder) and servable(folder)]
 
     def entries(self) -> dict[str, ModelEntry]:
         configured = self.configured()
@@ -139,87 +139,158 @@ class ModelRegistry:
         return entries[name]
 
     def load(self, name: str):
-        """(model, tokenizer), loaded once per checkpoint version."""
+        """(model, tokenizer), loaded once per checkpoint version and kept while the cache bound allows."""
         entry = self.entry(name)
         version = entry.version()
-        cached = self._loaded.get(name)
-        if cached and cached[0] == version:
-            return cached[1:]
         with self._load_lock:
             cached = self._loaded.get(name)
             if cached and cached[0] == version:
+                self._loaded.move_to_end(name)
                 return cached[1:]
             from transformers import AutoTokenizer
 
-            model = load_model(entry.location)
+            try:
+                model = load_model(entry.location)
+            except UserError as error:  # its message names the server's folder: for the log only
+                logger.warning("model %r: %s", name, error)
+                raise UserError(f"cannot load the checkpoint of '{name}': its files are damaged or incomplete.") \
+                    from error
             try:
                 tokenizer = AutoTokenizer.from_pretrained(entry.location)
             except (OSError, ValueError) as error:
-                raise UserError(f"cannot load the tokenizer of '{name}': {error}") from error
+                logger.warning("model %r: tokenizer: %s", name, error)
+                raise UserError(f"cannot load the tokenizer of '{name}'.") from error
             if tokenizer.mask_token_id is None:
                 raise UserError(f"the tokenizer of '{name}' has no [MASK] token")
+            self._loaded.pop(name, None)  # an older version goes before the new one counts against the bound
             self._loaded[name] = (version, model, tokenizer)
+            self._evict()
             return model, tokenizer
+
+    def loaded(self) -> list[str]:
+        """Names of the models in memory, least recently used first."""
+        return list(self._loaded)
+
+    def _evict(self) -> None:
+        """Drop the least recently used models beyond `extra_models`; configured (shipped) ones are never dropped."""
+        pinned = {entry.name for entry in self.configured()}
+        others = [name for name in self._loaded if name not in pinned]
+        for name in others[: max(0, len(others) - self.extra_models)]:
+            del self._loaded[name]
 
     # ------------------------------------------------------------------------------------------------------------
     # Predictions
 
     def predict(self, name: str, text: str, top_k: int) -> dict:
         """One model's answer for an already checked text (see `check_text`)."""
-        model, tokenizer = self.load(name)
-        encoded = tokenizer(text, return_tensors="pt")
-        input_ids = encoded["input_ids"]
-        limit = model.config.max_position_embeddings
-        if input_ids.shape[1] > limit:
-            raise UserError(f"The text is too long: {input_ids.shape[1]} tokens, this model reads at most {limit}.")
-        positions = (input_ids[0] == tokenizer.mask_token_id).nonzero().squeeze(1)
-        with torch.inference_mode():
-            hidden = model.base_model(**encoded).last_hidden_state[0, positions]
-            probabilities = model.cls(hidden).float().softmax(dim=-1)
-            scores, token_ids = probabilities.topk(int(top_k), dim=-1)
+        return self.predict_later(name, text, top_k).result()
+
+    def predict_later(self, name: str, text: str, top_k: int) -> Future:
+        """The future answer for an already checked text: from the answer cache, or the next batched pass."""
+        key = (name, self.entry(name).version(), text, int(top_k))  # a rewritten checkpoint has a new version
+        cached = self._answers.get(key)
+        if cached is not None:
+            future: Future = Future()
+            future.set_result(copy.deepcopy(cached))  # each caller may change its own copy
+            return future
+
+        def remember(done: Future) -> None:
+            if done.exception() is None and len(text) <= ANSWER_CACHE_MAX_CHARS:
+                self._answers.put(key, copy.deepcopy(done.result()))
+
+        future = self._batcher.submit((name, text, int(top_k)))
+        future.add_done_callback(remember)
+        return future
+
+    def _run_batch(self, requests: list[tuple[str, str, int]]) -> list:
+        """Answers (or UserErrors) for (name, text, top_k) requests: one padded forward pass per model."""
+        results: list = [None] * len(requests)
+        by_model: dict[str, list[int]] = {}
+        for index, (name, _, _) in enumerate(requests):
+            by_model.setdefault(name, []).append(index)
+        for name, indices in by_model.items():
+            try:
+                model, tokenizer = self.load(name)
+                encoded = tokenizer([requests[i][1] for i in indices])["input_ids"]
+                fits = []
+                for i, ids in zip(indices, encoded):
+                    try:
+                        check_length(len(ids), model)
+                        fits.append((i, ids))
+                    except UserError as error:
+                        results[i] = error
+                guesses = masked_top_k(model, [ids for _, ids in fits], tokenizer.mask_token_id,
+                                       tokenizer.pad_token_id, max((requests[i][2] for i, _ in fits), default=1))
+                for (i, _), guess in zip(fits, guesses):
+                    results[i] = self.answer_from(name, tokenizer, requests[i][1], requests[i][2], guess)
+            except Exception as error:  # noqa: BLE001 - one failing model errors only its own requests
+                for i in indices:
+                    results[i] = error
+        return results
+
+    @staticmethod
+    def answer_from(name: str, tokenizer, text: str, top_k: int, guesses) -> dict:
+        """The JSON answer of one model for one text, from its forward-pass result (mlm.inference.MaskGuesses)."""
+        input_ids, positions = torch.tensor([guesses.input_ids]), guesses.positions
+        scores, token_ids = guesses.scores[:, :top_k], guesses.token_ids[:, :top_k]
+        if not scores.isfinite().all():  # NaN is not JSON: a broken model answers with an error, never with NaN
+            raise UserError(f"The model '{name}' gives no usable scores (not finite numbers): it is broken.")
         masks = [
             {"index": int(position),
-             "candidates": [{"token": token, "score": float(score)}
+             "candidates": [readable.candidate(text, number, token, score)
                             for token, score in zip(tokenizer.convert_ids_to_tokens(ids.tolist()), row.tolist())]}
-            for position, ids, row in zip(positions, token_ids, scores)
+            for number, (position, ids, row) in enumerate(zip(positions, token_ids, scores))
         ]
-        return {"model": name, "tokens": tokenizer.convert_ids_to_tokens(input_ids[0].tolist()), "masks": masks,
-                "filled": fill_in(text, [m["candidates"][0]["token"] for m in masks])}
+        tokens = tokenizer.convert_ids_to_tokens(input_ids[0].tolist())
+        return {"model": name, "tokens": tokens, "masks": masks,
+                "filled": fill_in(text, [m["candidates"][0]["token"] for m in masks]),
+                "notes": readable.text_notes(text, tokens, set(tokenizer.all_special_tokens), tokenizer.unk_token),
+                # an uncased model reads and answers in lower case: "France is france." needs saying so
+                "uncased": bool(getattr(tokenizer, "do_lower_case", False))}
 
     def answer(self, name: str, text: str, top_k) -> dict:
         """One side of the comparison: predictions, or the reason there are none (never an exception)."""
-        try:
-            return self.predict(name, check_text(text, top_k), top_k)
-        except UserError as error:
-            return {"model": name, "error": str(error)}
-        except Exception as error:  # noqa: BLE001 - a model that fails in any other way errors only its own column
-            return {"model": name, "error": f"The model '{name}' failed: {type(error).__name__}: {error}"}
+        return one_side(name, self.ask(name, text, top_k).result)
 
     def fill_mask(self, text: str, top_k: int, left_model: str, right_model: str) -> dict:
         """Both models' top-k guesses for every [MASK] of `text`: {"left": answer, "right": answer}."""
-        return {"left": self.answer(left_model, text, top_k), "right": self.answer(right_model, text, top_k)}
+        left, right = self.ask(left_model, text, top_k), self.ask(right_model, text, top_k)  # one batch for both
+        return {"left": one_side(left_model, left.result), "right": one_side(right_model, right.result)}
+
+    def ask(self, name: str, text: str, top_k) -> Future:
+        """Check the text, then the future answer; a refusal is a future that raises it."""
+        try:
+            return self.predict_later(name, check_text(text, top_k), top_k)
+        except Exception as error:  # noqa: BLE001 - reported by `one_side`, like a failed forward pass
+            refused: Future = Future()
+            refused.set_exception(error)
+            return refused
 
     # ------------------------------------------------------------------------------------------------------------
     # Model cards
 
     def card(self, name: str) -> dict:
-        """What a model is, how big, trained on what, how good: from its README, train_config and metrics."""
-        entry = self.entry(name)
-        folder = entry.folder
-        if folder is None:
-            return {"name": name, "description": entry.description or f"{entry.location} from the Hugging Face hub",
-                    "parameters": None, "training_data": "see the hub model card", "valid_loss": None, "perplexity": None}
-        readme = (folder / "README.md").read_text() if (folder / "README.md").is_file() else ""
-        parameters = PARAMETERS_IN_CARD.search(readme)
-        valid = [m for m in read_metrics(folder) if m.get("split") == "valid"]
-        return {
-            "name": name,
-            "description": entry.description or card_description(readme) or "A training run found under checkpoints/.",
-            "parameters": int(parameters.group(1).replace(",", "")) if parameters else None,
-            "training_data": training_data(folder),
-            "valid_loss": valid[-1]["loss"] if valid else None,
-            "perplexity": valid[-1]["perplexity"] if valid else None,
-        }
+        """What a model is, how big, trained on what, how good (see mlm.cards)."""
+        return model_card(self.entry(name))
+
+
+def encode(model, tokenizer, text: str, limit: int | None = None) -> dict:
+    """The model's inputs for a checked text, or UserError when it has more tokens than the model (or `limit`) reads."""
+    encoded = tokenizer(text, return_tensors="pt")
+    check_length(encoded["input_ids"].shape[1], model, limit)
+    return encoded
+
+
+def one_side(name: str, compute) -> dict:
+    """`compute()`, or {"model", "error"}: one model's column never raises, whatever goes wrong. The message is in
+    the user's terms only: an unexpected failure's class, text and traceback go to the server log."""
+    try:
+        return compute()
+    except UserError as error:
+        return {"model": name, "error": str(error)}
+    except Exception:  # noqa: BLE001 - a model that fails in any other way errors only its own column
+        logger.exception("model %r failed", name)
+        return {"model": name, "error": f"The model '{name}' failed on this text; try another model."}
 
 
 def fill_in(text: str, guesses: list[str]) -> str:
@@ -233,31 +304,3 @@ def fill_in(text: str, guesses: list[str]) -> str:
             filled += guess
         filled += piece
     return filled
-
-
-def card_description(readme: str) -> str:
-    """The first paragraph after the title of a model card written by mlm.train."""
-    body = readme.split("\n# ", 1)[-1].split("\n\n")
-    return body[1].strip() if len(body) > 1 and not body[1].startswith("-") else ""
-
-
-def training_data(folder: Path) -> str:
-    config_path = folder / CONFIG_FILE
-    if not config_path.is_file():
-        return "unknown (no train_config.json)"
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError):
-        return "unknown (unreadable train_config.json)"
-    if config.get("text_files"):
-        source = "text file " + ", ".join(Path(f).name for f in config["text_files"])
-    elif config.get("data_dir"):
-        source = f"WikiText-2 from the folder {Path(config['data_dir']).name}"
-    else:
-        source = "WikiText-2 (raw) from the Hugging Face hub"
-    if config.get("max_train_blocks"):
-        source += f", first {config['max_train_blocks']:,} blocks"
-    return f"{source}; {config.get('epochs', '?')} epochs" + (
-        f", fine-tuned from {config['pretrained']}" if config.get("pretrained") else ""
-    )
-

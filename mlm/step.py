@@ -17,7 +17,7 @@ from torch import nn
 from mlm.data import MaskingSpec, mask_tokens
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas, device: torch.device):
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas, device: torch.device, eps: float = 1e-8):
     """AdamW (fused kernels) with decay on weight matrices only, and a learning rate held in a tensor so a captured
     graph reads the current value of the schedule at every replay."""
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -26,12 +26,20 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas, dev
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     lr_tensor = torch.tensor(lr, dtype=torch.float32, device=device)
     fused = device.type in {"cuda", "cpu"}
-    return torch.optim.AdamW(groups, lr=lr_tensor, betas=tuple(betas), fused=fused, capturable=device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=lr_tensor, betas=tuple(betas), eps=eps, fused=fused,
+                             capturable=device.type == "cuda")
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, value: float) -> None:
     for group in optimizer.param_groups:
         group["lr"].fill_(value)
+
+
+def masking_schedule(step: int, total_steps: int, start: float, end: float | None) -> float:
+    """Training masking rate: linear from `start` to `end` over the run (constant `start` without an end)."""
+    if end is None:
+        return start
+    return start + (end - start) * min(1.0, step / max(1, total_steps - 1))
 
 
 def linear_schedule(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -81,6 +89,8 @@ class TrainStep:
         self.autocast_dtype = autocast_dtype
         self.accelerator = accelerator
         self.parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        # read by the masking at every step (and every graph replay): `set_mask_rate` moves it along a schedule
+        self.mask_rate = torch.tensor(spec.probability, dtype=torch.float32, device=accelerator.device)
         self.average_gradients = GradientAverager(self.parameters, world_size) if world_size > 1 else None
 
     def autocast(self):
@@ -89,8 +99,11 @@ class TrainStep:
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=self.autocast_dtype, cache_enabled=False)
 
+    def set_mask_rate(self, value: float) -> None:
+        self.mask_rate.fill_(value)
+
     def run(self, block_ids: torch.Tensor) -> torch.Tensor:
-        inputs, labels = mask_tokens(block_ids, self.spec)
+        inputs, labels = mask_tokens(block_ids, self.spec, probability=self.mask_rate)
         with self.autocast():
             loss = self.objective(inputs, labels)
         self.accelerator.backward(loss)

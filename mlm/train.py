@@ -10,7 +10,9 @@ batch_size x processes), average their gradients with one all-reduce per step (c
 their evaluation counts.
 
 Bad input exits with status 2 and one line on stderr. SIGINT/SIGTERM (or --max-minutes) finish the current step,
-write a resumable checkpoint and exit 0; `--resume DIR` continues from its step.
+write a resumable checkpoint and exit 0; `--resume DIR` continues from its step, exactly as if never stopped.
+Checkpoints are also written every --checkpoint-every-steps / --checkpoint-every-minutes (see mlm/durability.py). A
+non-finite loss stops the run as diverged (exit status 3), keeping its last good checkpoint.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from mlm import checkpoint as ckpt
+from mlm import durability
 from mlm.config import TrainConfig, config_from_args
 from mlm.data import IGNORE_INDEX, MaskingSpec, fixed_validation_masks, load_mlm_data, max_predictions
 from mlm.failures import one_line_error
@@ -39,13 +42,17 @@ from mlm.model import (
     save_model, scratch_model,
 )
 from mlm.progress import ProgressWriter, evaluations_expected
-from mlm.step import GradientAverager, GraphedTrainStep, TrainStep, build_optimizer, linear_schedule, set_learning_rate
+from mlm.step import (
+    GradientAverager, GraphedTrainStep, TrainStep, build_optimizer, linear_schedule, masking_schedule, set_learning_rate,
+)
 
 
 # Below this many tokens per step a GPU step is bound by kernel count, and bf16's extra cast kernels cost more
 # than its faster matmuls save (measured on an H100: batch 8 x 128 ran 3 epochs in 13.1 s with bf16, 11.8 s in
 # fp32 with TF32 matmuls).
 BF16_MIN_BATCH_TOKENS = 4096
+# The output layer's vocabulary is padded to a multiple of this on a GPU (see MaskedLMObjective.output_layer).
+GPU_VOCAB_MULTIPLE = 64
 # Several processes agree to abandon a validation pass every this many batches (one all-reduce each time).
 EVAL_STOP_CHECK_EVERY = 8
 # What stopped a run, as the trainer prints it (progress.json keeps the key).
@@ -80,7 +87,7 @@ class Trainer:
         self.config = config
         self.run_dir = Path(config.output_dir)
         self.resume = resume
-        if not resume and (self.run_dir / ckpt.CONFIG_FILE).exists():
+        if not resume and durability.has_checkpoint(self.run_dir):
             raise UserError(f"{self.run_dir} already holds a run: --resume it or choose another --output-dir")
         if config.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise UserError("--mixed-precision fp16 needs a GPU")
@@ -90,6 +97,7 @@ class Trainer:
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores where bf16 is off
         torch.backends.cudnn.allow_tf32 = True
         self.stop_reason: str | None = None
+        self.diverged: str | None = None  # why the run stopped as diverged
         self.created = time.monotonic()
         self.preparing = True  # a stop while preparing aborts at once (StoppedBeforeTraining)
         self.progress = ProgressWriter(self.run_dir, PROCESS_STARTED_AT, config.max_minutes, self.is_main)
@@ -100,6 +108,9 @@ class Trainer:
     def build(self) -> None:
         config, accelerator = self.config, self.accelerator
         torch.manual_seed(config.seed)  # identical initial weights on every process
+        with accelerator.main_process_first():  # the main process repairs the run folder before anyone reads it
+            found = self.prepare_run_dir() if self.is_main else durability.has_checkpoint(self.run_dir)
+        self.resume = self.resume and found
         with accelerator.main_process_first():  # one process fills the datasets cache, the others read it
             data = load_mlm_data(config.data_dir, config.text_files, config.tokenizer, config.block_size,
                                  config.max_train_blocks, config.max_eval_blocks)
@@ -134,10 +145,14 @@ class Trainer:
 
         inner = bert_for_masked_lm(self.model)
         batch_tokens = config.batch_size * config.block_size
-        objective = MaskedLMObjective(inner, max_predictions(batch_tokens, config.mask_probability))
+        highest_rate = max(config.mask_probability, config.mask_probability_end or 0.0)
+        vocab_multiple = GPU_VOCAB_MULTIPLE if self.device.type == "cuda" else 1
+        objective = MaskedLMObjective(inner, max_predictions(batch_tokens, highest_rate), vocab_multiple)
         valid_counts = (self.valid_labels != IGNORE_INDEX).sum(dim=1)
-        self.eval_objective = MaskedLMObjective(inner, max(1, int(valid_counts.max()) * config.eval_batch_size))
-        self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay, config.adam_betas, self.device)
+        self.eval_objective = MaskedLMObjective(inner, max(1, int(valid_counts.max()) * config.eval_batch_size),
+                                                vocab_multiple)
+        self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay, config.adam_betas, self.device,
+                                         config.adam_eps)
         self.start_step = 0
         if self.resume:
             self.start_step = ckpt.load_training_state(self.run_dir, self.optimizer)["step"]
@@ -152,6 +167,20 @@ class Trainer:
         use_graphs = config.cuda_graphs and self.device.type == "cuda" and config.mixed_precision != "fp16"
         self.step_fn = (GraphedTrainStep(*step_args, example_batch=self.train_blocks[: config.batch_size])
                         if use_graphs else TrainStep(*step_args))
+        # after the graph's warm-up steps drew from the generators: a resume continues them where they were
+        if self.resume and not ckpt.restore_rng_state(self.run_dir, self.device, rank, world) and self.is_main:
+            print("note: the checkpoint has no random-number state for this run's layout: masks and dropout go on "
+                  "from the seed (a correct run, not a bit-identical continuation)", file=sys.stderr)
+        self.schedule = durability.CheckpointSchedule(config.checkpoint_every_steps or None,
+                                                      config.checkpoint_every_minutes or None, self.start_step)
+        self.saved_step = self.start_step if self.resume else None
+
+    def prepare_run_dir(self) -> bool:
+        """Finish or discard an interrupted save, verify the checkpoint, cut metrics back to it; False: step 0."""
+        step, notes = durability.prepare_run_dir(self.run_dir, self.resume)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        return step is not None
 
     def initial_model(self):
         """Fresh (scratch or pretrained, LoRA-wrapped if asked) or, for --resume, the run's own last weights."""
@@ -196,7 +225,8 @@ class Trainer:
                              phase="training")
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            config.save(self.run_dir / ckpt.CONFIG_FILE)
+            if not self.resume:  # a resumed run's config is part of its checkpoint, published with the next one
+                config.save(self.run_dir / ckpt.CONFIG_FILE)
             print(f"ready after {time.monotonic() - self.created:.1f} s: {parameter_count(self.model):,} parameters; {len(self.train_blocks):,} train blocks; "
                   f"{self.total_steps:,} steps of {self.global_batch}; {machine_name(self.device, self.accelerator.num_processes)}",
                   file=sys.stderr)
@@ -216,6 +246,9 @@ class Trainer:
             if order is None or position == 0:
                 order = self.epoch_order(epoch)
             set_learning_rate(self.optimizer, config.lr * linear_schedule(step, self.total_steps, self.warmup_steps))
+            if config.mask_probability_end is not None:
+                self.step_fn.set_mask_rate(masking_schedule(step, self.total_steps, config.mask_probability,
+                                                            config.mask_probability_end))
             loss_sum += self.step_fn(self.batch(order, position))
             step += 1
             interval_steps += 1
@@ -223,27 +256,41 @@ class Trainer:
             end_of_epoch = step % self.steps_per_epoch == 0 or step == self.total_steps
             if step % config.log_every == 0 or end_of_epoch:
                 mean_loss = (self.accelerator.reduce(loss_sum, "mean") / interval_steps).item()  # the only sync
+                if not math.isfinite(mean_loss):
+                    self.diverged = f"the training loss is {mean_loss}"
+                    break
                 seconds = time.perf_counter() - interval_start
                 train_seconds += seconds
                 tokens = interval_steps * self.global_batch * config.block_size
                 self.log({"step": step, "epoch": step / self.steps_per_epoch, "split": "train", "loss": mean_loss,
                           "lr": config.lr * linear_schedule(step - 1, self.total_steps, self.warmup_steps),
                           "tokens_per_s": tokens / seconds, "elapsed_s": train_seconds, "total_steps": self.total_steps,
-                          **self.memory_record()})
+                          **self.mask_rate_record(step - 1), **self.memory_record()})
                 bar.set_postfix(loss=f"{mean_loss:.3f}")
                 loss_sum.zero_()
                 interval_steps = 0
                 interval_start = time.perf_counter()
-            if end_of_epoch or (config.eval_every and step % config.eval_every == 0):
+            if self.evaluation_due(step, end_of_epoch):
                 evaluation_start = time.perf_counter()
                 self.evaluate(step)
                 interval_start += time.perf_counter() - evaluation_start  # evaluating is not training time
-            stopping = self.should_stop(step)
+            stopping = self.should_stop(step) or self.diverged is not None
+            if not stopping and step < self.total_steps and (step % config.log_every == 0 or end_of_epoch) \
+                    and self.checkpoint_due(step):
+                saving_start = time.perf_counter()
+                self.save(step)
+                self.progress.update(phase="training")
+                interval_start += time.perf_counter() - saving_start  # nor is saving
+                stopping = self.diverged is not None
         bar.close()
         # A stopped run saves at once, without a last validation: Stop and the cap take effect within seconds.
         reason = "finished" if step >= self.total_steps else self.stop_reason
-        self.progress.update(phase="stopping" if reason != "finished" else "saving")
-        self.save(step)
+        if not self.diverged:
+            self.progress.update(phase="stopping" if reason != "finished" else "saving")
+            self.save(step)  # which checks the weights first, and may find that the run diverged after all
+        if self.diverged:
+            self.progress.update(phase="done", stop_reason="diverged", ended_at=time.time())
+            return self.stop_diverged(step)
         self.progress.update(phase="done", stop_reason=reason, ended_at=time.time())
         if self.is_main:
             state = "finished" if reason == "finished" else f"stopped ({STOP_TEXT.get(reason, reason)}); resume with --resume {self.run_dir}"
@@ -254,6 +301,12 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------------------
     # Evaluation, logging, checkpoints
+
+    def evaluation_due(self, step: int, end_of_epoch: bool) -> bool:
+        """After the last step, every `eval_epochs` epochs, and every `eval_every` steps if set."""
+        config = self.config
+        epoch_due = end_of_epoch and config.eval_epochs and (step // self.steps_per_epoch) % config.eval_epochs == 0
+        return step == self.total_steps or bool(epoch_due) or bool(config.eval_every and step % config.eval_every == 0)
 
     @torch.no_grad()
     def evaluate(self, step: int) -> None:
@@ -284,12 +337,21 @@ class Trainer:
         self.progress.evaluation_done(time.perf_counter() - began)
         self.progress.update(phase="training")
         loss = loss_sum / max(count, 1)
+        if not math.isfinite(loss):
+            self.diverged = f"the validation loss is {loss}"
+            return
         self.log({"step": step, "epoch": step / self.steps_per_epoch, "split": "valid", "loss": loss,
                   "perplexity": math.exp(min(loss, 50)), "top1": top1 / max(count, 1), "top5": top5 / max(count, 1),
                   "total_steps": self.total_steps})
         if step > 0 and loss < self.best_loss:  # kept on the device; written with the last checkpoint (saves time)
             self.best_loss = loss
             self.best_weights = {k: v.detach().clone() for k, v in self.trainable_state().items()}
+
+    def mask_rate_record(self, step: int) -> dict:
+        config = self.config
+        if config.mask_probability_end is None:
+            return {}
+        return {"mask_rate": masking_schedule(step, self.total_steps, config.mask_probability, config.mask_probability_end)}
 
     def memory_record(self) -> dict:
         if self.device.type != "cuda":
@@ -327,11 +389,12 @@ class Trainer:
         with torch.no_grad():
             for name, parameter in self.trainable_state().items():
                 parameter.copy_(self.best_weights[name])
-            staging = ckpt.staging_folder(self.run_dir)
-            self.save_model_files(staging)
-            ckpt.replace_folder(staging, self.run_dir / ckpt.BEST_DIR)
+            with ckpt.staged(self.run_dir) as staging:
+                self.save_model_files(staging)
+                ckpt.replace_folder(staging, self.run_dir / ckpt.BEST_DIR)
             for name, parameter in self.trainable_state().items():
                 parameter.copy_(last[name])
+        self.best_weights = None  # written; the next periodic checkpoint rewrites best/ only if a better one comes
 
     def check_replicas_agree(self) -> None:
         """Every process must hold the same weights; if not, gradient averaging is broken and the run is wrong."""
@@ -343,18 +406,56 @@ class Trainer:
             raise RuntimeError(f"the {self.accelerator.num_processes} processes' weights differ: gradient averaging failed")
 
     def save(self, step: int) -> None:
+        """Publish the checkpoint of `step` as one unit, unless its weights are broken (then the run diverged)."""
         self.progress.update(phase="saving")
         self.check_replicas_agree()
         self.accelerator.wait_for_everyone()
+        if not self.weights_usable():
+            self.diverged = "its weights give non-finite predictions"
+            return
+        rng = {name: self.accelerator.gather(state.to(self.device)[None]) for name, state in ckpt.rng_state(self.device).items()}
         self.save_best()
         if self.is_main:
-            staging = ckpt.staging_folder(self.run_dir)
-            self.save_model_files(staging)
-            self.config.save(staging / ckpt.CONFIG_FILE)
-            ckpt.save_training_state(staging / ckpt.STATE_DIR, self.optimizer,
-                                     {"step": step, "total_steps": self.total_steps, "finished": step >= self.total_steps})
-            ckpt.publish(staging, self.run_dir)
+            with ckpt.staged(self.run_dir) as staging:
+                self.save_model_files(staging)
+                self.config.save(staging / ckpt.CONFIG_FILE)
+                ckpt.save_training_state(staging / ckpt.STATE_DIR, self.optimizer,
+                                         {"step": step, "total_steps": self.total_steps, "finished": step >= self.total_steps},
+                                         rng)
+                ckpt.publish(staging, self.run_dir, step)
+        self.schedule.saved(step)
+        self.saved_step = step
         self.accelerator.wait_for_everyone()
+
+    def checkpoint_due(self, step: int) -> bool:
+        """Whether a periodic checkpoint is due; with several processes, the one that says yes first decides (their
+        clocks differ)."""
+        due = self.schedule.due(step)
+        if self.accelerator.num_processes == 1:
+            return due
+        return bool(self.accelerator.reduce(torch.tensor(float(due), device=self.device), "max").item())
+
+    @torch.no_grad()
+    def weights_usable(self) -> bool:
+        """Finite weights that give finite logits on a validation batch (weights of 1e30 are finite, yet useless):
+        only such a checkpoint may replace the last good one."""
+        finite = torch.stack([p.isfinite().all() for p in self.trainable_state().values()]).all()
+        model = bert_for_masked_lm(self.model).eval()
+        batch = slice(0, self.config.eval_batch_size)
+        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+            logits, _ = self.eval_objective.predictions(self.valid_inputs[batch], self.valid_labels[batch])
+        model.train()
+        broken = (~(finite & logits.isfinite().all())).float()
+        return not self.accelerator.reduce(broken, "max").item()  # usable only if usable on every process
+
+    def stop_diverged(self, step: int) -> int:
+        """Keep the last good checkpoint, mark the run diverged (not offered by the app), exit with status 3."""
+        if self.is_main:
+            message = durability.mark_diverged(self.run_dir, step, self.diverged, self.saved_step)
+            print(f"error: {message}", file=sys.stderr)
+        self.step_fn.close()
+        self.accelerator.end_training()
+        return 3
 
     # ------------------------------------------------------------------------------------------------------------
     # Stopping

@@ -64,4 +64,6 @@ def test_an_unknown_or_broken_model_errors_only_its_column(client):
 
 
 def test_training_is_not_an_api_endpoint(client):
-    assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == {"/fill_mask", "/list_models"}
+    assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == {
+        "/fill_mask", "/list_models", "/score_candidates", "/layer_guesses", "/attention", "/score_sentence",
+        "/training_view"}

@@ -1,4 +1,4 @@
-"""The Gradio app, one module per tab (compare_tab, train_tab, curves_tab), composed in mlm.ui.app."""
+"""The Gradio app, one module per tab (compare_tab, train_tab, curves_tab, explain_tab), composed in mlm.ui.app."""
 
 from mlm.ui.app import DemoApp, build_demo
 from mlm.ui.common import CSS, training_allowed

@@ -9,6 +9,8 @@ from the user that is not HTML-escaped first.
 from __future__ import annotations
 
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -16,13 +18,15 @@ import gradio as gr
 from mlm.checkpoint import METRICS_FILE
 from mlm.predict import ModelRegistry
 from mlm.runs import PROJECT_DIR, TrainingJobs
-from mlm.ui import compare_tab, curves_tab, train_tab
+from mlm.ui import compare_tab, curves_tab, explain_tab, train_tab
 from mlm.ui.common import training_allowed
 
 TICK_SECONDS = 2.0
+SNAPSHOT_SECONDS = 1.0  # however many pages tick, the server looks at the disk at most once a second
 
 
-class DemoApp(compare_tab.CompareHandlers, train_tab.TrainHandlers, curves_tab.CurvesHandlers):
+class DemoApp(compare_tab.CompareHandlers, train_tab.TrainHandlers, curves_tab.CurvesHandlers,
+              explain_tab.ExplainHandlers):
     """The app's state: one model registry, one training-job slot; the tabs' handlers come from the mixins."""
 
     def __init__(self, checkpoints_dir: str | Path = PROJECT_DIR / "checkpoints"):
@@ -30,15 +34,31 @@ class DemoApp(compare_tab.CompareHandlers, train_tab.TrainHandlers, curves_tab.C
         self.registry = ModelRegistry(self.checkpoints_dir)
         self.jobs = TrainingJobs(self.checkpoints_dir)
         self.csv_dir = Path(tempfile.mkdtemp(prefix="mlm-metrics-"))
+        self.curves_cache = curves_tab.CurvesCache()
+        self._snapshot_lock = threading.Lock()
+        self._snapshot: tuple[float, tuple, dict] | None = None  # (when, snapshot, run folders)
 
     # ------------------------------------------------------------------------------------------------------------
     # The timer: everything that changes while a run trains
 
     def snapshot(self) -> tuple:
-        """Changes whenever the status, the curves or the offered models would: lets a tick skip idle refreshes."""
-        folders = self.registry.run_folders()
-        metrics = tuple((name, (folder / METRICS_FILE).stat().st_mtime_ns) for name, folder in folders.items())
-        return self.training_status(), metrics, tuple(self.registry.names())
+        """Changes whenever the status, the curves or the offered models would: lets a tick skip idle refreshes.
+        Shared by every page and recomputed at most once per SNAPSHOT_SECONDS, so a class of pages polling costs
+        the server one look at the disk a second, not one per page."""
+        return self._fresh_snapshot()[1]
+
+    def current_run_folders(self) -> dict[str, Path]:
+        """`registry.run_folders()`, from the shared snapshot when it is fresh."""
+        return self._fresh_snapshot()[2]
+
+    def _fresh_snapshot(self) -> tuple[float, tuple, dict]:
+        with self._snapshot_lock:
+            if self._snapshot is None or time.monotonic() - self._snapshot[0] >= SNAPSHOT_SECONDS:
+                folders = self.registry.run_folders()
+                metrics = tuple((name, (folder / METRICS_FILE).stat().st_mtime_ns) for name, folder in folders.items())
+                now = (self.training_status(), metrics, tuple(self.registry.names()), self.live_run())
+                self._snapshot = (time.monotonic(), now, folders)
+            return self._snapshot
 
     def tick(self, selected: list[str] | None, x_axis: str, last: tuple):
         """Refresh what changed since this page's last snapshot (status, curves, pickers), and nothing else: an
@@ -46,8 +66,8 @@ class DemoApp(compare_tab.CompareHandlers, train_tab.TrainHandlers, curves_tab.C
         now = self.snapshot()
         if now == last:
             return (gr.skip(),) * 8 + (last,)
-        (status, metrics, names), (last_status, last_metrics, last_names) = now, last
-        if metrics != last_metrics:
+        (status, metrics, names, live), (last_status, last_metrics, last_names, last_live) = now, last
+        if metrics != last_metrics or live != last_live:
             runs, seen = [name for name, _ in metrics], dict(last_metrics)
             selected = list(dict.fromkeys((selected or []) + [r for r in runs if r not in seen]))  # plot new runs
             curves = (*self.curves(selected, x_axis), gr.update(choices=runs, value=selected))
@@ -69,8 +89,10 @@ def build_demo(app: DemoApp) -> gr.Blocks:
             compare = compare_tab.build(app, demo)
         with gr.Tab("Train"):
             train = train_tab.build(app)
-        with gr.Tab("Curves"):
-            curves = curves_tab.build(app, demo)
+        with gr.Tab("Curves") as curves_page:
+            curves = curves_tab.build(app, demo, curves_page)
+        with gr.Tab("Explain") as tab:
+            explain_tab.build(app, tab)
 
         if training_allowed():  # the Train tab's estimate for the form as it opens
             demo.load(app.describe_preset, train["form"], train["about"], api_visibility="private",
@@ -80,9 +102,13 @@ def build_demo(app: DemoApp) -> gr.Blocks:
             app.tick, [curves["run_picker"], curves["x_axis"], last_seen],
             [train["status"], curves["loss_plot"], curves["perplexity_plot"], curves["csv"], curves["run_picker"],
              compare["left"], compare["right"], train["start"], last_seen],
-            api_visibility="private", concurrency_limit=None, show_progress="hidden",
+            # Silent (no progress overlay on any output), and in its own small group: ticks are cheap (see
+            # snapshot) and never wait behind, nor hold up, a prediction.
+            api_visibility="private", concurrency_id="status", concurrency_limit=2, show_progress="hidden",
         )
 
-        gr.api(app.registry.fill_mask, api_name="fill_mask", concurrency_id="inference")
+        gr.api(app.registry.fill_mask, api_name="fill_mask", concurrency_id="fill_mask")
         gr.api(app.registry.names, api_name="list_models", concurrency_limit=None)
+        for name in ("score_candidates", "layer_guesses", "attention", "score_sentence", "training_view"):
+            gr.api(getattr(app.explainer, name), api_name=name, concurrency_id="inference")
     return demo

@@ -1,4 +1,9 @@
-"""The Compare tab: a sentence with [MASK], two model pickers, each side's top-k guesses (what students see)."""
+"""The Compare tab: a sentence with [MASK], two model pickers, each side's top-k guesses (what students see).
+
+Whatever changes what a side should show (the sentence, its model, top-k, an example, the hide options) predicts
+that side again in the same event, with Gradio's progress cue on it until the new answer is in: a column never
+shows one input's answer beside another input.
+"""
 
 from __future__ import annotations
 
@@ -6,42 +11,79 @@ import gradio as gr
 
 from mlm import plots
 from mlm.hub import UserError
-from mlm.predict import MASK, MAX_MASKS, MAX_TOP_K
+from mlm.predict import MASK, MAX_MASKS, MAX_TOP_K, fill_in, normalise_masks
+from mlm.readable import is_piece, is_punctuation
 from mlm.ui.common import escape
 
 EXAMPLES = [
-    ["The capital of France is [MASK].", 5],
-    ["Paris is the [MASK] of France.", 5],
-    ["The keys to the cabinet [MASK] on the table.", 5],
-    ["She [MASK] to school every morning.", 5],
-    ["The team [MASK] won the championship last year.", 5],
-    ["The album was released in [MASK] and reached number one on the charts.", 5],
-    ["During the war , the [MASK] was used as a hospital .", 5],
-    ["The [MASK] of the river is in the [MASK] mountains.", 5],
-    ["I put the [MASK] in the fridge and closed the [MASK].", 5],
+    "The capital of France is [MASK].",
+    "Paris is the [MASK] of France.",
+    "The keys to the cabinet [MASK] on the table.",
+    "She [MASK] to school every morning.",
+    "The team [MASK] won the championship last year.",
+    "The album was released in [MASK] and reached number one on the charts.",
+    "During the war , the [MASK] was used as a hospital .",
+    "The [MASK] of the river is in the [MASK] mountains.",
+    "I put the [MASK] in the fridge and closed the [MASK].",
 ]
+HIDE_OPTIONS = {"punctuation": is_punctuation, "## pieces": is_piece}
+SIDES = ("left", "right")
+FILLED_LABEL = "Filled with the top guess"
+
+EXPLAINER = """
+- **`[MASK]`** hides a word. The model has to guess it from the words around it, the way you fill a gap in a test.
+  This "fill the gap" game is exactly how these models were trained (a *masked language model*).
+- **Probability**: how sure the model is about each guess, from 0% to 100%. All its guesses together add up to
+  100%, so five guesses at 20% each mean it has no idea. Both charts use the same 0-100% scale.
+- **Word pieces and `##`**: the models know about 30,000 pieces. A rare word is split into pieces: `playing` can be
+  `play` + `##ing`; `##` means "glued to the piece before".
+- **`[CLS]` and `[SEP]`**: markers the model always adds at the start and the end of a text. `[UNK]` is a piece
+  it has no entry for (emoji, most non-Latin letters).
+- **Uncased**: these models read everything in lower case, so `France` and `france` are the same to them.
+- **Loss**: how surprised the model is by the right answer, on average, on text it never trained on. Lower is better.
+  Guessing blindly among 30,522 pieces gives 10.33.
+- **Perplexity** = e<sup>loss</sup>: "the model hesitates as if between this many words". 40 is far better than 30,000.
+- **"Original report 6.48"**: the validation loss a first version of this from-scratch model reached; the curves in
+  the Curves tab show it as a red line to beat.
+"""
 
 
 def card_markdown(card: dict) -> str:
-    parameters = f"{card['parameters'] / 1e6:.1f} M parameters" if card["parameters"] else "parameters: n/a"
+    """A plain sentence first (what the model read, how often), then the numbers: size once, loss, perplexity."""
+    parameters = f"{card['parameters'] / 1e6:.1f} million parameters" if card["parameters"] else "size unknown"
     quality = (f"validation loss **{card['valid_loss']:.3f}**, perplexity **{card['perplexity']:,.1f}**"
                if card["valid_loss"] is not None else "no validation metrics")
-    return (f"**{escape(card['name'])}** — {escape(card['description'])}  \n"
-            f"{parameters} · trained on {escape(card['training_data'])} · {quality}")
+    plain, details = (card["summary"], f"{card['description']} ") if card.get("summary") else (card["description"], "")
+    return (f"**{escape(card['name'])}**: {escape(plain)}  \n"
+            f"<small>{escape(details)}{parameters} · {quality}</small>")
 
 
-def column(answer: dict) -> tuple:
+def shown_candidates(candidates: list[dict], top_k: int, hide: list[str]) -> list[dict]:
+    hidden = [HIDE_OPTIONS[option] for option in hide or [] if option in HIDE_OPTIONS]
+    return [c for c in candidates if not any(test(c["token"]) for test in hidden)][:int(top_k)]
+
+
+def column(answer: dict, text: str, top_k: int, hide: list[str]) -> tuple:
     """One model's answer as the Compare tab shows it: (filled sentence, tokens, chart, table)."""
     if "error" in answer:
-        return f"⚠️ {answer['error']}", [], plots.guesses_chart(answer), None
-    masked = {mask["index"] for mask in answer["masks"]}
+        return gr.update(value=f"⚠️ {answer['error']}", label=FILLED_LABEL), [], plots.guesses_chart(answer), None
+    masks = [{**mask, "candidates": shown_candidates(mask["candidates"], top_k, hide)} for mask in answer["masks"]]
+    masked = {mask["index"] for mask in masks}
     tokens = []
     for index, token in enumerate(answer["tokens"]):
         kind = "[MASK]" if index in masked else "## piece" if token.startswith("##") else None
         tokens += [(token, kind), (" ", None)]  # spaces between the spans show where each token ends
-    table = [[mask_number, candidate["token"], float(f"{candidate['score']:.4g}")]
-             for mask_number, mask in enumerate(answer["masks"], start=1) for candidate in mask["candidates"]]
-    return answer["filled"], tokens, plots.guesses_chart(answer), table
+    table = [[number, candidate["token"], plots.percent(candidate["score"]), candidate["sequence"]]
+             for number, mask in enumerate(masks, start=1) for candidate in mask["candidates"]]
+    best = [mask["candidates"][0]["token"] if mask["candidates"] else MASK for mask in masks]
+    filled = fill_in(normalise_masks(text.strip()), best) if hide else answer["filled"]
+    label = FILLED_LABEL + (" (in lower case: this model is uncased)" if answer.get("uncased") else "")
+    return gr.update(value=filled, label=label), tokens, plots.guesses_chart({"masks": masks}), table
+
+
+def notes_markdown(answers: list[dict]) -> str:
+    notes = dict.fromkeys(note for answer in answers for note in answer.get("notes", []))
+    return "\n".join(f"- ⚠️ {escape(note)}" for note in notes)
 
 
 class CompareHandlers:
@@ -65,45 +107,86 @@ class CompareHandlers:
         except UserError as error:
             return f"⚠️ {escape(error)}"
 
-    def compare(self, text: str, top_k, left: str | None, right: str | None) -> list:
-        """Outputs of both columns: (filled sentence, tokens, chart, table) for the left, then the right."""
-        answers = self.registry.fill_mask(text, top_k, left or "", right or "")
-        return [*column(answers["left"]), *column(answers["right"])]
+    def answers(self, text: str, top_k, models: list[str | None], hide: list[str]) -> list[dict]:
+        """Each model's answer; with candidates hidden, the models are asked for more so top-k rows remain."""
+        asked = MAX_TOP_K if hide and top_k in range(1, MAX_TOP_K + 1) else top_k
+        if len(models) == 1:
+            return [self.registry.answer(models[0] or "", text, asked)]
+        pair = self.registry.fill_mask(text, asked, models[0] or "", models[1] or "")
+        return [pair["left"], pair["right"]]
+
+    def compare(self, text: str, top_k, left: str | None, right: str | None, hide: list[str] | None = None) -> list:
+        """Outputs of the whole tab: the notes, then (card, filled sentence, tokens, chart, table) per side."""
+        answers = self.answers(text, top_k, [left, right], hide or [])
+        return [notes_markdown(answers), *self._side(answers[0], left, text, top_k, hide),
+                *self._side(answers[1], right, text, top_k, hide)]
+
+    def compare_one(self, text: str, top_k, model: str | None, hide: list[str] | None = None) -> list:
+        """Outputs for one side whose model changed: the notes, then (card, filled sentence, tokens, chart, table)."""
+        answers = self.answers(text, top_k, [model], hide or [])
+        return [notes_markdown(answers), *self._side(answers[0], model, text, top_k, hide)]
+
+    def _side(self, answer: dict, model: str | None, text: str, top_k, hide) -> list:
+        return [self.card(model), *column(answer, text if isinstance(text, str) else "", top_k, hide or [])]
+
+
+def side_row(make) -> list:
+    """One row holding the same component for both sides, next to each other even on a phone (each side gets
+    half the width), so a student compares the two answers without scrolling from one to the other."""
+    with gr.Row(equal_height=False):
+        made = []
+        for side in SIDES:
+            with gr.Column(min_width=140):
+                made.append(make(side))
+    return made
 
 
 def build(app, demo: gr.Blocks) -> dict:
     """Lay out the tab inside an open gr.Tab; returns the components other parts of the page update."""
     left_default, right_default = app.default_models()
     models = app.registry.names()
+    with gr.Accordion("What am I looking at?", open=False):
+        gr.Markdown(EXPLAINER)
     with gr.Row():
-        text = gr.Textbox(EXAMPLES[0][0], label="Sentence", lines=2, scale=4, max_length=5000)
+        # One line: Enter predicts. No max_length: the browser would cut a long paste without a word; the
+        # server answers "too long" instead.
+        text = gr.Textbox(EXAMPLES[0], label="Sentence", lines=1, max_lines=4, scale=4, elem_id="sentence",
+                          info=f"Press Enter to predict. Put [MASK] where a word is missing (up to {MAX_MASKS}).")
         with gr.Column(scale=1, min_width=160):
-            top_k = gr.Slider(1, MAX_TOP_K, value=5, step=1, label="Top-k guesses")
+            top_k = gr.Slider(1, MAX_TOP_K, value=5, step=1, label="Top-k guesses", elem_id="top-k")
             submit = gr.Button("Predict", variant="primary")
-    gr.Markdown(f"Use `[MASK]` (or `[mask]`, `<mask>`), up to {MAX_MASKS} per sentence. Several masks are "
-                "predicted **independently**: each guess ignores what the model guesses for the other masks.",
-                elem_classes="mask-note")
-    columns = []
-    with gr.Row(equal_height=False):
-        for side, default in (("Left", left_default), ("Right", right_default)):
-            with gr.Column():
-                picker = gr.Dropdown(models, value=default, label=f"{side} model", elem_id=f"{side.lower()}-model")
-                card = gr.Markdown(app.card(default))
-                filled = gr.Textbox(label="Filled with the top guess", interactive=False,
-                                    elem_id=f"{side.lower()}-filled")
-                tokens = gr.HighlightedText(label="WordPiece tokens (## continues a word)", show_legend=True,
-                                            show_inline_category=False,
-                                            color_map={"[MASK]": "orange", "## piece": "lightblue"})
-                chart = gr.Plot(label="Top-k probabilities", elem_id=f"{side.lower()}-chart")
-                table = gr.Dataframe(headers=["mask", "token", "probability"], label="Top-k table",
-                                     datatype=["number", "str", "number"], interactive=False,
-                                     elem_id=f"{side.lower()}-table")
-                picker.change(app.card, picker, card, api_visibility="private")
-                columns.append((picker, [filled, tokens, chart, table]))
-    (left, left_outputs), (right, right_outputs) = columns
-    gr.Examples(EXAMPLES, inputs=[text, top_k], label="Examples: facts, grammar agreement, WikiText-style, several masks")
+    examples = gr.Examples([[example] for example in EXAMPLES], inputs=[text], examples_per_page=len(EXAMPLES),
+                           example_labels=EXAMPLES,  # labels are shown whole; sample text is cut at ~200 px
+                           label="Try an example (click one): facts, grammar agreement, WikiText-style, several masks")
+    gr.Markdown("Several masks are predicted **independently**: each guess ignores what the model guesses for the "
+                "other masks.", elem_classes="mask-note")
+    hide = gr.CheckboxGroup(list(HIDE_OPTIONS), label="Hide guesses that are", elem_id="hide")
+    notes = gr.Markdown(elem_id="notes")
+    pickers = side_row(lambda side: gr.Dropdown(models, value=left_default if side == "left" else right_default,
+                                                label=f"{side.title()} model", elem_id=f"{side}-model"))
+    cards = side_row(lambda side: gr.Markdown(app.card(left_default if side == "left" else right_default),
+                                              elem_id=f"{side}-card"))
+    filled = side_row(lambda side: gr.Textbox(label=FILLED_LABEL, interactive=False, lines=1,
+                                              max_lines=6, elem_id=f"{side}-filled"))
+    charts = side_row(lambda side: gr.Plot(show_label=False, elem_id=f"{side}-chart"))
+    tables = side_row(lambda side: gr.Dataframe(headers=["#", "guess", "prob.", "in the sentence"],
+                                                label="Top-k guesses", datatype=["number", "str", "str", "str"],
+                                                interactive=False, wrap=True, elem_id=f"{side}-table"))
+    tokens = side_row(lambda side: gr.HighlightedText(label="WordPiece tokens (## continues a word)",
+                                                      show_legend=True, show_inline_category=False,
+                                                      color_map={"[MASK]": "orange", "## piece": "lightblue"},
+                                                      elem_id=f"{side}-tokens"))
+    outputs = [[card, fill, token, chart, table]
+               for card, fill, token, chart, table in zip(cards, filled, tokens, charts, tables)]
+    both = [notes, *outputs[0], *outputs[1]]
+    predict_both = dict(fn=app.compare, inputs=[text, top_k, *pickers, hide], outputs=both,
+                        api_visibility="private", concurrency_id="fill_mask")
     # The page opens with the first example answered, so students see what to expect.
-    for trigger in (submit.click, text.submit, demo.load):
-        trigger(app.compare, [text, top_k, left, right], left_outputs + right_outputs,
-                api_visibility="private", concurrency_id="inference")
-    return {"text": text, "top_k": top_k, "left": left, "right": right}
+    for trigger in (submit.click, text.submit, hide.change, demo.load):
+        trigger(**predict_both)
+    top_k.change(**predict_both, trigger_mode="always_last")  # dragging the slider answers for where it stops
+    examples.load_input_event.then(**predict_both)
+    for picker, side_outputs in zip(pickers, outputs):
+        picker.input(app.compare_one, [text, top_k, picker, hide], [notes, *side_outputs],
+                     api_visibility="private", concurrency_id="fill_mask", trigger_mode="always_last")
+    return {"text": text, "top_k": top_k, "left": pickers[0], "right": pickers[1]}

@@ -1,0 +1,68 @@
+"""Where a `python -m mlm.train` command's time goes outside the training steps (issue 12, target 3).
+
+    python benchmarks/startup_phases.py --preset fast --data-dir ../shared/data/wikitext-2-v1 --output-dir /tmp/run
+
+Runs the same Trainer as the command, in a fresh process, with timers around imports, CUDA start-up, data
+loading, model building, graph capture, evaluations and checkpoint writing; prints one JSON line of seconds per
+phase (the process start itself is timed by the caller). Arguments are the training command's own.
+"""
+
+import time
+
+STARTED = time.perf_counter()
+MARKS = {}
+
+
+def mark(name: str) -> None:
+    MARKS[name] = round(time.perf_counter() - STARTED, 3)
+
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+mark("import torch")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import mlm.checkpoint  # noqa: E402
+import mlm.train  # noqa: E402
+
+mark("import mlm.train (transformers, accelerate)")
+DURATIONS: dict[str, float] = {}
+
+
+def timed(owner, name: str, label: str) -> None:
+    original = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        begin = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            DURATIONS[label] = round(DURATIONS.get(label, 0.0) + time.perf_counter() - begin, 3)
+
+    setattr(owner, name, wrapper)
+
+
+timed(mlm.train, "load_mlm_data", "data")
+timed(mlm.train.Trainer, "initial_model", "model")
+timed(mlm.train.GraphedTrainStep, "__init__", "graph capture (with 3 warm-up steps)")
+timed(mlm.train.Trainer, "evaluate", "evaluations")
+timed(mlm.train.Trainer, "save", "final checkpoint (all)")
+timed(mlm.train.Trainer, "save_best", "  of which best/")
+timed(mlm.checkpoint, "save_training_state", "  of which optimizer state")
+
+
+def main() -> None:
+    if torch.cuda.is_available():
+        torch.zeros(1, device="cuda")
+        mark("CUDA context")
+    code = mlm.train.main(sys.argv[1:])
+    mark("end of main")
+    print("PHASES " + __import__("json").dumps({"marks": MARKS, "durations": DURATIONS, "rc": code}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""Serving a public Space to a class: bounded input, bounded queue per visitor, a bounded model cache, no leaks of
+server internals, and batched forward passes that give the same numbers as one sentence at a time."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import threading
+import time
+import tracemalloc
+
+import httpx
+import pytest
+import torch
+from gradio_client import Client
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, pipeline
+
+from conftest import LORA_NAME, SCRATCH_NAME
+from mlm.inference import MicroBatcher, chunks_by_tokens, masked_top_k
+from mlm.model import load_model
+from mlm.predict import MAX_TEXT_CHARS, ModelRegistry
+from mlm.ui import DemoApp
+from mlm.ui.guards import BUSY_MESSAGE, TOO_LARGE_MESSAGE, limit_per_session
+
+# A class name (SafetensorError, AttributeError, ...) or a path of the server in a message meant for a visitor.
+INTERNALS = re.compile(r"\b\w*(Error|Exception)\b|/tmp/|/work/|/home/|/root/")
+
+
+@pytest.fixture(scope="module")
+def registry(app_project) -> ModelRegistry:
+    return ModelRegistry(app_project / "checkpoints")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1. Text of any length: refused before the tokenizer sees it
+
+
+@pytest.fixture
+def tokenizer_must_not_run(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the tokenizer was called")
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "__call__", refuse)
+
+
+def test_a_40_mb_text_is_refused_before_tokenizing_fast_and_in_flat_memory(registry, tokenizer_must_not_run):
+    registry.load(SCRATCH_NAME), registry.load(LORA_NAME)  # loading is not what is measured
+    text = "word " * 8_000_000 + "[MASK]"
+    tracemalloc.start()
+    began = time.perf_counter()
+    answers = registry.fill_mask(text, 5, SCRATCH_NAME, LORA_NAME)
+    seconds = time.perf_counter() - began
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    for side in ("left", "right"):
+        assert answers[side]["error"] == f"The text is too long: {len(text):,} characters, at most {MAX_TEXT_CHARS:,}."
+    assert seconds < 1.0 and peak < 1_000_000  # 40 MB of text, no copy of it
+
+
+def test_the_ui_predict_event_refuses_an_oversized_text_before_tokenizing(app_project, tokenizer_must_not_run):
+    outputs = DemoApp(app_project / "checkpoints").compare("x" * (MAX_TEXT_CHARS + 1) + " [MASK]", 5, SCRATCH_NAME,
+                                                           LORA_NAME)
+    left_filled, right_filled = outputs[2]["value"], outputs[7]["value"]  # notes, then 5 outputs per side
+    assert left_filled.startswith("⚠️ The text is too long") and right_filled.startswith("⚠️ The text is too long")
+
+
+def test_a_text_at_the_limit_still_reaches_the_model(registry):
+    text = ("a " * (MAX_TEXT_CHARS // 2))[: MAX_TEXT_CHARS - 7] + " [MASK]"
+    assert len(text) == MAX_TEXT_CHARS
+    assert "tokens, this model reads at most 512" in registry.answer(SCRATCH_NAME, text, 5)["error"]  # its own limit
+
+
+def test_the_server_refuses_an_oversized_text_and_a_40_mb_request_before_reading_it(app_server):
+    client = Client(app_server, verbose=False)
+    answers = client.predict("word " * 20_000 + "[MASK]", 5, SCRATCH_NAME, LORA_NAME, api_name="/fill_mask")
+    assert answers["left"]["error"].startswith("The text is too long: 100,006 characters")
+    began = time.perf_counter()
+    status, detail = call(app_server, ["word " * 8_000_000 + "[MASK]", 5, SCRATCH_NAME, LORA_NAME])
+    assert (status, detail) == (413, TOO_LARGE_MESSAGE) and time.perf_counter() - began < 10
+    assert client.predict("A [MASK].", 1, SCRATCH_NAME, LORA_NAME, api_name="/fill_mask")["left"]["masks"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2. One visitor cannot fill the queue
+
+
+def call(url: str, data: list, session_hash: str | None = None) -> tuple[int, str]:
+    """Queue one fill_mask call through the plain HTTP API without reading its result: (status, event id/detail)."""
+    body = {"data": data, **({"session_hash": session_hash} if session_hash else {})}
+    response = httpx.post(f"{url}gradio_api/call/fill_mask", json=body, timeout=60)
+    return response.status_code, response.json()["event_id" if response.is_success else "detail"]
+
+
+@pytest.mark.parametrize("session_hash", ["flooding-student", None])
+def test_a_flooding_client_is_told_the_app_is_busy_and_others_are_still_served(app_server, session_hash):
+    other_student = Client(app_server, verbose=False)
+    other_student.predict("A [MASK].", 1, SCRATCH_NAME, LORA_NAME, api_name="/fill_mask")  # the models are loaded
+    answers = [call(app_server, ["A [MASK].", 1, SCRATCH_NAME, LORA_NAME], session_hash) for _ in range(40)]
+    refused = [detail for status, detail in answers if status == 503]
+    assert 30 <= len(refused) <= 36 and set(refused) == {BUSY_MESSAGE}
+    assert all(status in (200, 503) for status, _ in answers)
+    began = time.perf_counter()
+    other = other_student.predict("Another [MASK].", 1, SCRATCH_NAME, LORA_NAME, api_name="/fill_mask")
+    assert other["left"]["masks"] and time.perf_counter() - began < 10
+
+
+def test_a_full_queue_answers_busy_in_the_users_terms():
+    """A real Gradio server with a queue of 2 behind one slow event: the next sessions are told the app is busy."""
+    import gradio as gr
+
+    from conftest import free_port
+
+    release = threading.Event()
+
+    def slow(text: str) -> str:
+        release.wait(30)
+        return text
+
+    with gr.Blocks() as demo:
+        gr.api(slow, api_name="slow")
+    demo.queue(max_size=2, default_concurrency_limit=1)
+    limit_per_session(demo, 8)
+    port = free_port()
+    demo.launch(server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        answers = []
+        for number in range(6):
+            answers.append(httpx.post(f"http://127.0.0.1:{port}/gradio_api/call/slow",
+                                      json={"data": ["x"], "session_hash": f"student-{number}"}, timeout=30))
+            time.sleep(0.2)  # the first one starts and holds the only worker
+        assert [a.status_code for a in answers].count(200) == 3  # one running, two queued
+        assert [a.json()["detail"] for a in answers if a.status_code == 503] == [BUSY_MESSAGE] * 3
+    finally:
+        release.set()
+        demo.close()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 6. A bounded model cache; the shipped models stay
+
+
+def test_loaded_models_are_bounded_least_recently_used_out_and_shipped_ones_pinned(app_project, tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    shutil.copytree(app_project / "checkpoints", checkpoints, ignore=shutil.ignore_patterns("broken-run"))
+    (tmp_path / "checkpoints" / "models.json").write_text(json.dumps({"models": [
+        {"name": SCRATCH_NAME, "path": "checkpoints/scratch-wikitext2"}]}))
+    for run in ("run-a", "run-b", "run-c"):
+        shutil.copytree(checkpoints / "scratch-wikitext2", checkpoints / run)
+    registry = ModelRegistry(checkpoints, extra_models=2)
+    for number, name in enumerate((SCRATCH_NAME, "run-a", "run-b", "run-a", "run-c")):
+        assert registry.answer(name, f"A [MASK] {number}.", 1)["masks"]  # new texts: no answer from the cache
+    assert registry.loaded() == [SCRATCH_NAME, "run-a", "run-c"]  # run-b was the least recently used
+    assert registry.answer("run-b", "Another [MASK].", 1)["masks"]  # evicted models load again when asked
+    assert registry.loaded() == [SCRATCH_NAME, "run-c", "run-b"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 7. No server internals in answers; the details go to the server log
+
+
+def test_errors_name_no_server_path_and_no_exception_class(app_server, app_project):
+    client = Client(app_server, verbose=False)
+    answers = client.predict("A [MASK].", 5, "broken-run", "../../etc/passwd", api_name="/fill_mask")
+    assert answers["left"]["error"].startswith("cannot load the checkpoint of 'broken-run'")
+    assert answers["right"]["error"].startswith("Unknown model '../../etc/passwd'")
+    for side in ("left", "right"):
+        assert not INTERNALS.search(answers[side]["error"]) and str(app_project) not in answers[side]["error"]
+    time.sleep(0.5)
+    log = (app_project / "app.log").read_text()
+    assert "broken-run" in log and str(app_project / "checkpoints" / "broken-run") in log  # for the operator
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 15. Batching: one padded pass per model gives each sentence the numbers it gets alone
+
+
+SENTENCES = ["The capital of France is [MASK].", "A [MASK].", "The [MASK] of the river is in the [MASK] mountains.",
+             "During the war , the [MASK] was used as a hospital , and later it became a [MASK] for the town ."]
+
+
+@pytest.mark.parametrize("name", [SCRATCH_NAME, LORA_NAME])
+def test_a_padded_batch_gives_each_sentence_its_pipeline_scores(registry, name):
+    model, tokenizer = registry.load(name)
+    encoded = [tokenizer(text)["input_ids"] for text in SENTENCES]
+    batched = masked_top_k(model, encoded, tokenizer.mask_token_id, tokenizer.pad_token_id, 5)
+    folder = registry.entry(name).location
+    reference = pipeline("fill-mask", model=load_model(folder), tokenizer=AutoTokenizer.from_pretrained(folder),
+                         top_k=5)
+    for text, ids, guesses in zip(SENTENCES, encoded, batched):
+        alone = masked_top_k(model, [ids], tokenizer.mask_token_id, tokenizer.pad_token_id, 5)[0]
+        assert guesses.positions == alone.positions
+        assert torch.equal(guesses.token_ids, alone.token_ids)
+        assert torch.allclose(guesses.scores, alone.scores, atol=1e-5)
+        expected = reference(text)
+        expected = [expected] if isinstance(expected[0], dict) else expected  # one mask: a flat list
+        for row, per_mask in zip(guesses.scores, expected):
+            assert row.tolist() == pytest.approx([e["score"] for e in per_mask], abs=1e-4)
+
+
+def test_concurrent_requests_share_forward_passes_and_get_their_own_answers(app_project):
+    registry = ModelRegistry(app_project / "checkpoints")
+    alone = {text: registry.answer(SCRATCH_NAME, text, 3) for text in SENTENCES}
+    registry = ModelRegistry(app_project / "checkpoints")  # a fresh answer cache
+    registry.load(SCRATCH_NAME)
+    batches = []
+    run_batch = registry._batcher._run_batch
+    registry._batcher._run_batch = lambda requests: batches.append(len(requests)) or run_batch(requests)
+    results = {}
+    threads = [threading.Thread(target=lambda t=text: results.__setitem__(t, registry.answer(SCRATCH_NAME, t, 3)))
+               for text in SENTENCES * 8]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(batches) <= len(threads) and len(batches) < len(threads)  # some requests shared a pass
+    for text in SENTENCES:
+        assert [m["index"] for m in results[text]["masks"]] == [m["index"] for m in alone[text]["masks"]]
+        for mine, reference in zip(results[text]["masks"], alone[text]["masks"]):
+            assert [c["token"] for c in mine["candidates"]] == [c["token"] for c in reference["candidates"]]
+            assert [c["score"] for c in mine["candidates"]] == pytest.approx(
+                [c["score"] for c in reference["candidates"]], abs=1e-5)
+
+
+def test_repeated_questions_come_from_the_cache_as_independent_copies(app_project):
+    registry = ModelRegistry(app_project / "checkpoints")
+    first = registry.answer(SCRATCH_NAME, "Paris is the [MASK] of France.", 5)
+    first["masks"][0]["candidates"].clear()  # a caller changing its answer changes nobody else's
+    def run_batch(requests):
+        raise AssertionError("a repeated question ran the model again")
+
+    registry._batcher._run_batch = run_batch
+    again = registry.answer(SCRATCH_NAME, "Paris is the [MASK] of France.", 5)
+    assert len(again["masks"][0]["candidates"]) == 5
+
+
+def test_the_batcher_groups_what_arrives_while_a_batch_runs_and_survives_a_failing_batch():
+    started, release, sizes = threading.Event(), threading.Event(), []
+
+    def run(payloads):
+        sizes.append(len(payloads))
+        started.set()
+        release.wait(10)
+        if "boom" in payloads:
+            raise RuntimeError("boom")
+        return [p * 2 if p != "bad" else ValueError("bad input") for p in payloads]
+
+    batcher = MicroBatcher(run)
+    first = batcher.submit(1)
+    started.wait(10)
+    queued = [batcher.submit(p) for p in (2, 3, "bad")]
+    release.set()
+    assert first.result(10) == 2 and [f.result(10) for f in queued[:2]] == [4, 6]
+    with pytest.raises(ValueError):
+        queued[2].result(10)
+    assert sizes == [1, 3]
+    with pytest.raises(RuntimeError):
+        batcher.submit("boom").result(10)
+    assert batcher.submit(5).result(10) == 10
+
+
+def test_batches_of_long_sentences_are_split_to_bound_attention_memory():
+    lengths = [500, 10, 12, 500, 11, 300]
+    groups = chunks_by_tokens(lengths, max_tokens=1024)
+    assert sorted(i for group in groups for i in group) == list(range(len(lengths)))
+    assert all(len(group) * max(lengths[i] for i in group) <= 1024 for group in groups)
+    assert groups[0] == [1, 4, 2]  # the short ones together

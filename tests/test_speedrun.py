@@ -1,0 +1,131 @@
+"""The speedrun's new paths (issue 12): scheduled masking rate, bf16 softmax, padded output vocabulary, evaluation
+every N epochs, and their resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import WIKITEXT_DIR
+from mlm.checkpoint import read_metrics
+from mlm.config import PRESETS, TrainConfig
+from mlm.data import IGNORE_INDEX, MaskingSpec, load_tokenizer, mask_tokens, max_predictions
+from mlm.model import MaskedLMObjective, scratch_model
+from mlm.step import masking_schedule
+from mlm.train import main
+
+TINY = ["--max-train-blocks", "16", "--max-eval-blocks", "8", "--batch-size", "8", "--log-every", "1"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer()
+
+
+def test_a_rate_tensor_masks_as_the_float_rate_does(tokenizer):
+    ids = torch.randint(1000, 30000, (300, 128))
+    spec = MaskingSpec.from_tokenizer(tokenizer, 0.45)
+    by_float = mask_tokens(ids, spec, torch.Generator().manual_seed(3))
+    by_tensor = mask_tokens(ids, MaskingSpec.from_tokenizer(tokenizer, 0.1), torch.Generator().manual_seed(3),
+                            probability=torch.tensor(0.45))
+    assert torch.equal(by_float[0], by_tensor[0]) and torch.equal(by_float[1], by_tensor[1])
+    rate = (by_tensor[1] != IGNORE_INDEX).float().mean().item()
+    assert abs(rate - 0.45) < 0.01
+
+
+def test_masking_schedule_runs_linearly_from_start_to_end():
+    assert masking_schedule(0, 101, 0.45, 0.15) == 0.45
+    assert masking_schedule(50, 101, 0.45, 0.15) == pytest.approx(0.30)
+    assert masking_schedule(100, 101, 0.45, 0.15) == pytest.approx(0.15)
+    assert masking_schedule(70, 101, 0.3, None) == 0.3
+
+
+def test_bf16_loss_and_gradients_match_bert_for_masked_lm(tokenizer):
+    """The bf16 path computes the softmax on bf16 logits (no fp32 copy): same loss and gradient direction as the
+    plain fp32 BertForMaskedLM loss, within bf16's precision."""
+    torch.manual_seed(0)
+    model = scratch_model(tokenizer).eval()
+    ids = torch.randint(1000, 30000, (4, 128))
+    inputs, labels = mask_tokens(ids, MaskingSpec.from_tokenizer(tokenizer, 0.3))
+    reference = model(input_ids=inputs, labels=labels).loss
+    reference.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = MaskedLMObjective(model, max_predictions(inputs.numel(), 0.3))(inputs, labels)
+    assert loss.dtype == torch.float32 and abs(loss.item() - reference.item()) < 0.01 * reference.item()
+    loss.backward()
+    largest = max(g.norm() for g in expected.values())
+    for name, parameter in model.named_parameters():
+        if expected[name].norm() < 1e-4 * largest:  # the key biases: zero in exact arithmetic, rounding noise here
+            continue
+        cosine = torch.nn.functional.cosine_similarity(parameter.grad.flatten(), expected[name].flatten(), dim=0)
+        assert cosine > 0.98, (name, cosine.item())
+
+
+def test_new_fields_survive_the_saved_config(tmp_path):
+    config = TrainConfig(mask_probability=0.45, mask_probability_end=0.15, eval_epochs=3, adam_eps=1e-6)
+    config.save(tmp_path / "train_config.json")
+    loaded = TrainConfig.load(tmp_path / "train_config.json")
+    assert (loaded.mask_probability_end, loaded.eval_epochs, loaded.adam_eps) == (0.15, 3, 1e-6)
+    assert PRESETS["fast"]["eval_epochs"] == PRESETS["fast-long"]["eval_epochs"] == 4
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--mask-probability-end", "1.5"], "--mask-probability-end must be between 0 and 1"),
+    (["--eval-epochs", "-1"], "--eval-epochs"),
+    (["--adam-eps", "0"], "--adam-eps"),
+])
+def test_bad_speedrun_flags_are_one_line_errors(capsys, tmp_path, flags, message):
+    assert main(["--data-dir", str(WIKITEXT_DIR), "--output-dir", str(tmp_path / "out"), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_scheduled_run_evaluates_every_n_epochs_and_resumes_on_schedule(tmp_path):
+    """3 epochs of 2 steps, evaluated at 0, 2 and the end; the logged masking rate falls from 0.45 towards 0.15;
+    resumed to 4 epochs it continues from step 6 on the schedule of the new length."""
+    run_dir = tmp_path / "run"
+    flags = ["--preset", "fast", "--data-dir", str(WIKITEXT_DIR), "--output-dir", str(run_dir), *TINY,
+             "--epochs", "3", "--eval-epochs", "2", "--mask-probability", "0.45", "--mask-probability-end", "0.15"]
+    assert main(flags) == 0
+    valid = [m["epoch"] for m in read_metrics(run_dir) if m["split"] == "valid"]
+    assert valid == [0.0, 2.0, 3.0]
+    rates = [m["mask_rate"] for m in read_metrics(run_dir) if m["split"] == "train"]
+    assert rates[0] == pytest.approx(0.45) and rates[-1] == pytest.approx(0.15) and rates == sorted(rates, reverse=True)
+
+    assert main(["--resume", str(run_dir), "--epochs", "4"]) == 0
+    train = [m for m in read_metrics(run_dir) if m["split"] == "train"]
+    after = [m for m in train if m["step"] > 6]
+    assert [m["step"] for m in after] == [7, 8]
+    assert after[0]["mask_rate"] == pytest.approx(masking_schedule(6, 8, 0.45, 0.15))
+    state = json.loads((run_dir / "training_state" / "state.json").read_text())
+    assert state["finished"] and state["step"] == 8
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_padded_vocabulary_gives_the_reference_loss_and_gradients(tokenizer, autocast):
+    """The GPU pads the output layer to 30,528 columns (-inf logits): same loss and gradients as the unpadded
+    BertForMaskedLM, whose tied embedding/decoder weight keeps its 30,522 rows."""
+    torch.manual_seed(0)
+    model = scratch_model(tokenizer).eval()
+    ids = torch.randint(1000, 30000, (4, 128))
+    inputs, labels = mask_tokens(ids, MaskingSpec.from_tokenizer(tokenizer, 0.3))
+    cap = max_predictions(inputs.numel(), 0.3)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        reference = MaskedLMObjective(model, cap)(inputs, labels) if autocast else model(input_ids=inputs, labels=labels).loss
+    reference.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    padded = MaskedLMObjective(model, cap, vocab_multiple=64)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        logits, _ = padded.predictions(inputs, labels)
+        loss = padded(inputs, labels)
+    assert logits.shape[1] == 30528 and torch.isinf(logits[:, 30522:]).all() and torch.isfinite(logits[:, :30522]).all()
+    assert torch.allclose(loss, reference, rtol=1e-5 if not autocast else 1e-3)
+    loss.backward()
+    assert model.bert.embeddings.word_embeddings.weight.grad.shape == (30522, 256)
+    for name, parameter in model.named_parameters():
+        assert torch.allclose(parameter.grad, expected[name], atol=1e-6 if not autocast else 1e-3, rtol=1e-3), name
