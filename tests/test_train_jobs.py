@@ -160,7 +160,7 @@ def test_an_app_restarted_while_its_job_runs_finds_the_job_and_stops_it(tmp_path
         with pytest.raises(Exception, match="already going"):
             restarted.start(TrainRequest(**SLOW_VALIDATION))
         assert restarted.stop().startswith("Stopping")
-        assert restarted.wait(15) == 0
+        assert restarted.wait(60) == 0  # it saves within seconds; a busy machine takes longer to end a process
         status = restarted.status()
         assert (status.state, status.reason, status.resumable) == ("stopped", "stop", True)
         assert not (tmp_path / "checkpoints" / LOCK_FILE).exists()

@@ -61,7 +61,7 @@ class Page:
 
 
 def train_points(shown: dict, run: str) -> int:
-    return sum(len(t.x) for t in shown["loss"].data if t.name == f"{run}: train") if shown["loss"] else 0
+    return sum(len(t.x) for t in shown["loss"].data if t.name == run) if shown["loss"] else 0  # train: the run's name
 
 
 def test_start_watch_stop_and_pick_a_run(local_app):
@@ -139,7 +139,7 @@ def test_on_a_space_the_train_tab_says_how_to_enable_training(monkeypatch, tmp_p
     buttons = {block.value: block for block in demo.blocks.values() if isinstance(block, gr.Button)}
     assert buttons["Start training"].interactive is False and buttons["Stop"].interactive is False
     notes = [block.value for block in demo.blocks.values() if isinstance(block, gr.Markdown)]
-    assert any("Training is off on this public Space" in note and "MLM_ALLOW_TRAINING=1" in note for note in notes)
+    assert any("Training is off on this public Space" in note and "MLM_ALLOW_TRAINING=1" in note for note in notes if note)
 
 
 def test_curves_overlay_runs_with_reference_lines_and_a_csv(app_project, tmp_path):
@@ -147,7 +147,7 @@ def test_curves_overlay_runs_with_reference_lines_and_a_csv(app_project, tmp_pat
     names = app.run_names()
     assert names[:2] == ["BERT from scratch (WikiText-2)", "MiniLM + LoRA (WikiText-2)"]
     loss, perplexity, csv_path = app.curves(names[:2])
-    assert {t.name for t in loss.data} == {f"{n}: {s}" for n in names[:2] for s in ("train", "validation")}
+    assert {t.name for t in loss.data} == {f"{n}{s}" for n in names[:2] for s in ("", ": validation")}  # train, valid
     assert sorted(round(shape.y0, 2) for shape in loss.layout.shapes) == [6.48, 10.33]
     assert len(perplexity.data) == 2
     by_epoch, _, _ = app.curves(names[:2], "epoch")
