@@ -1,8 +1,9 @@
 """How long a training form's run would take on this machine, before it is started.
 
-The speed is measured, not assumed: two training steps of the preset's model on two random token blocks after a
-warm-up step, and one validation batch of them, on the CPU (a second or two for the from-scratch model on 2 cores;
-cached per preset), scaled linearly to the form's batch size; a GPU trains faster than this says. The amount of work comes from the data's size: a WikiText
+The speed is measured, not assumed: a training step of the preset's model on 2 and on 8 random token blocks (each
+after a warm-up step), and one validation batch, on the CPU (about a second for the from-scratch model on 2 cores;
+cached per preset); a step's time is its fixed part plus a part per sequence, fitted from the two. A GPU trains
+faster than this says. The amount of work comes from the data's size: a WikiText
 file of 610 bytes makes one 128-token block (wiki.train.tokens: 10,797,148 bytes, 17,770 blocks). Start-up (loading
 data, building the model) is not included.
 """
@@ -27,8 +28,7 @@ from mlm.step import build_optimizer
 BYTES_PER_BLOCK = 610
 HUB_BLOCKS = (17_770, 1_901)  # WikiText-2 (train, validation)
 HELD_OUT_FRACTION = 0.1  # of an uploaded text (as mlm.data holds out)
-TIMED_STEPS = 2
-CALIBRATION_BATCH = 2
+CALIBRATION_BATCHES = (2, 8)
 
 
 @dataclass
@@ -54,9 +54,10 @@ def data_blocks(source: str, data_dir: str = "", text_file: str = "") -> tuple[i
 
 
 @functools.cache
-def measured_speed(preset: str) -> tuple[float, float]:
-    """(seconds per training sequence, seconds per validation sequence) of `preset`'s model on this machine, timed
-    on a batch of CALIBRATION_BATCH (time grows about linearly with the batch on a CPU)."""
+def measured_speed(preset: str) -> tuple[float, float, float]:
+    """(seconds per training step, plus seconds per sequence in it; seconds per validation sequence) of `preset`'s
+    model on this machine: a step costs a fixed part (the optimizer, overheads) plus a part per sequence, so it is
+    timed at two batch sizes, each after a warm-up step of that shape."""
     from mlm.train import autocast_dtype
 
     config = preset_config(preset)
@@ -64,23 +65,27 @@ def measured_speed(preset: str) -> tuple[float, float]:
     model = (pretrained_model(offline_stand_in(config.pretrained), config.dropout) if config.pretrained
              else scratch_model(tokenizer, 0.1 if config.dropout is None else config.dropout)).train()
     spec = MaskingSpec.from_tokenizer(tokenizer, config.mask_probability)
-    blocks = torch.randint(1000, len(tokenizer), (CALIBRATION_BATCH, config.block_size))
-    objective = MaskedLMObjective(model, max_predictions(blocks.numel(), config.mask_probability))
     optimizer = build_optimizer(model, config.lr, config.weight_decay, config.adam_betas, torch.device("cpu"))
     dtype = autocast_dtype(config.mixed_precision, torch.device("cpu"), config.batch_size * config.block_size)
-    with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-        for step in range(TIMED_STEPS + 1):  # the trainer's step without its device plumbing; the first warms up
-            if step == 1:
+    seconds = {}
+    with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None, cache_enabled=False):
+        for batch in CALIBRATION_BATCHES:
+            blocks = torch.randint(1000, len(tokenizer), (batch, config.block_size))
+            objective = MaskedLMObjective(model, max_predictions(blocks.numel(), config.mask_probability))
+            for step in range(2):  # the trainer's step without its device plumbing; the first one warms up
                 began = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            objective(*mask_tokens(blocks, spec)).backward()
-            optimizer.step()
-        train_s = (time.perf_counter() - began) / TIMED_STEPS / CALIBRATION_BATCH
+                optimizer.zero_grad(set_to_none=True)
+                objective(*mask_tokens(blocks, spec)).backward()
+                optimizer.step()
+            seconds[batch] = time.perf_counter() - began
         inputs, labels = fixed_validation_masks(blocks, spec)
         began = time.perf_counter()
         with torch.no_grad():
             MaskedLMObjective(model.eval(), inputs.numel()).predictions(inputs, labels)
-    return train_s, (time.perf_counter() - began) / CALIBRATION_BATCH
+        valid_s = (time.perf_counter() - began) / len(blocks)
+    small, large = CALIBRATION_BATCHES
+    per_sequence = max(seconds[large] - seconds[small], 0.0) / (large - small)
+    return max(seconds[small] - small * per_sequence, 0.0), per_sequence, valid_s
 
 
 def estimate(request) -> Estimate:
@@ -95,8 +100,8 @@ def estimate(request) -> Estimate:
         valid_blocks = min(valid_blocks, request.max_eval_blocks)
     steps_per_epoch = max(1, train_blocks // batch_size)
     steps = math.ceil(epochs * steps_per_epoch)
-    sequence_s, block_s = measured_speed(request.preset)
-    step_s = sequence_s * batch_size
+    fixed_s, sequence_s, block_s = measured_speed(request.preset)
+    step_s = fixed_s + sequence_s * batch_size
     evaluations = evaluations_expected(0, steps, steps_per_epoch, None)
     result = Estimate(steps * step_s + evaluations * valid_blocks * block_s, steps, step_s, evaluations,
                       valid_blocks * block_s)

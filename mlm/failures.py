@@ -4,9 +4,12 @@ read-only disk. The trainer prints them as `error: ...` (which the app shows); t
 from __future__ import annotations
 
 import errno
+import os
+import re
 from pathlib import Path
 
-DISK_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}  # full, read-only, not ours
+DISK_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}  # full, read-only, not ours
+OS_ERROR_IN_TEXT = re.compile(r"\(os error (\d+)\)")  # how safetensors' writer (Rust) reports one
 
 
 def caused_by(error: BaseException, kind: type) -> BaseException | None:
@@ -26,4 +29,8 @@ def one_line_error(error: Exception) -> str | None:
     if disk is not None and disk.errno in DISK_ERRORS:
         return (f"cannot write {Path(disk.filename or '').name or 'the run folder'}: {disk.strerror} (free some "
                 f"space or choose another --output-dir)")
+    written = OS_ERROR_IN_TEXT.search(str(error))
+    if written and int(written.group(1)) in DISK_ERRORS:
+        return (f"cannot write the checkpoint: {os.strerror(int(written.group(1)))} (free some space or choose "
+                f"another --output-dir)")
     return None

@@ -15,6 +15,7 @@ app reads it:
     evaluations_expected  validation passes this process will run if it is not stopped
     evaluation_s          seconds those passes took in all (the ETA's cost of each remaining one)
     tokens_per_step       training tokens per optimizer step (the ETA's step time comes from metrics' tokens/s)
+    total_steps           the run's last step (known before metrics.jsonl has a line)
 """
 
 from __future__ import annotations

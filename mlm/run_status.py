@@ -87,9 +87,11 @@ def run_status(run_dir: Path, exit_code: int | None, stop_requested: bool = Fals
     status = RunStatus(run_dir, "running", resumable=resumable)
     if exit_code is None:
         phase = progress.get("phase") or "starting"
-        if stop_requested and phase not in {"saving", "done"}:
+        if phase == "done":  # its checkpoint is written; the process is still exiting
+            phase = "saving" if progress.get("stop_reason") == "finished" else "stopping"
+        if stop_requested and phase != "saving":
             phase = "stopping"
-        status.phase = "starting" if phase in {"preparing", "done"} else phase
+        status.phase = "starting" if phase == "preparing" else phase
         status.state = "starting" if status.phase == "starting" else "running"
         status.message = PHASE_TEXT[status.phase]
     else:
@@ -105,6 +107,7 @@ def run_status(run_dir: Path, exit_code: int | None, stop_requested: bool = Fals
     if records:  # the furthest point reached (a stopped run may end on a validation)
         latest = max(records, key=lambda r: r["step"])
         status.step, status.epoch, status.total_steps = latest["step"], latest["epoch"], records[-1]["total_steps"]
+    status.total_steps = status.total_steps or progress.get("total_steps")
     if valid:
         status.valid_loss = valid[-1]["loss"]
     if train:

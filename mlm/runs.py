@@ -32,6 +32,7 @@ from mlm.config import PRESETS, config_from_args
 from mlm.failures import DISK_ERRORS
 from mlm.hub import UserError
 from mlm.limits import check_text_file, check_training_bounds
+from mlm.progress import read_progress
 from mlm.run_status import LOG_FILE, RunStatus, run_status, saved_state
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent  # where `python -m mlm.train` finds the package
@@ -139,12 +140,12 @@ class TrainingJobs:
             self.lock_path.unlink(missing_ok=True)
 
     def poll(self) -> int | None:
-        """The job's exit code, None while it runs. An adopted job's code is unknown: 0, the run's files tell."""
+        """The job's exit code, None while it runs (an adopted job's: 0 if it said it was done, else 1)."""
         if self.exit_code is None and self.pid is not None:
             if self.process is not None:
                 self.exit_code = self.process.poll()
-            elif not process_alive(self.pid, self.run_dir):
-                self.exit_code = 0
+            elif not process_alive(self.pid, self.run_dir):  # not our child: its exit code is gone
+                self.exit_code = 0 if read_progress(self.run_dir).get("phase") == "done" else 1
             if self.exit_code is not None:
                 self.ended()
         return self.exit_code

@@ -223,7 +223,8 @@ class Trainer:
         config = self.config
         self.progress.update(evaluations_expected=evaluations_expected(self.start_step, self.total_steps,
                                                                        self.steps_per_epoch, config.eval_every),
-                             tokens_per_step=self.global_batch * config.block_size, phase="training")
+                             tokens_per_step=self.global_batch * config.block_size, total_steps=self.total_steps,
+                             phase="training")
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if not self.resume:  # a resumed run's config is part of its checkpoint, published with the next one
@@ -486,8 +487,9 @@ class Trainer:
             signal.setitimer(signal.ITIMER_REAL, max(left, 0.001))
 
     def should_stop(self, step: int) -> bool:
-        # several processes agree on stopping only where they sync anyway
-        return self.agreed_stop(step % self.config.log_every == 0)
+        # Several GPU processes agree on stopping only where they sync anyway (a step takes milliseconds); CPU steps
+        # take long enough that agreeing after each costs nothing, and torchrun kills workers 30 s after a SIGTERM.
+        return self.agreed_stop(step % self.config.log_every == 0 or self.device.type == "cpu")
 
     def agreed_stop(self, sync_point: bool) -> bool:
         """Whether to stop now: this process's flag alone, or, across processes, their agreement at a sync point."""

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import errno
 import json
+import resource
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
-from conftest import WIKITEXT_DIR
+from conftest import OFFLINE_ENV, REPO, WIKITEXT_DIR
 from mlm.data import load_corpus
 from mlm.failures import one_line_error
 from mlm.progress import ProgressWriter, evaluations_expected, read_progress
@@ -53,6 +57,8 @@ def test_stop_pressed_reads_stopping_until_the_checkpoint_is_being_written(tmp_p
     (run / "progress.json").unlink()
     write_run(run, {"phase": "saving"})
     assert run_status(run, None, stop_requested=True).phase == "saving"
+    write_run(run, {"phase": "done", "stop_reason": "stop"})  # saved, the process still exiting
+    assert run_status(run, None).phase == "stopping"
 
 
 def test_the_eta_counts_the_remaining_validations_and_stops_at_the_cap(tmp_path):
@@ -193,13 +199,37 @@ def test_an_unwritable_checkpoints_folder_is_one_line(tmp_path, monkeypatch):
 
 def test_disk_and_encoding_failures_read_as_one_line():
     full = OSError(errno.ENOSPC, "No space left on device", "/srv/app/checkpoints/run/model.safetensors")
+    rust = RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
     wrapped = RuntimeError("An error occurred while generating the dataset")
     wrapped.__cause__ = UnicodeDecodeError("utf-8", b"ab\xff", 2, 3, "invalid start byte")
     assert one_line_error(full) == ("cannot write model.safetensors: No space left on device (free some space or "
                                     "choose another --output-dir)")
     assert one_line_error(wrapped) == "a text file is not UTF-8 text (byte 0xff at position 2): save it as UTF-8 plain text"
+    assert one_line_error(rust) == ("cannot write the checkpoint: No space left on device (free some space or "
+                                    "choose another --output-dir)")
     assert one_line_error(ValueError("a bug")) is None  # a real bug keeps its traceback
 
 
 def test_requests_carry_the_validation_cap(tmp_path):
     assert TrainRequest(data_source="hub", max_eval_blocks=50).arguments(tmp_path)[-2:] == ["--max-eval-blocks", "50"]
+
+
+def test_the_trainer_answers_a_non_utf8_corpus_and_a_full_disk_in_one_line(tmp_path, capsys):
+    from mlm.train import main
+
+    latin = tmp_path / "latin-1.txt"
+    latin.write_bytes("Un caf\u00e9.\nDeux cr\u00e8mes.\nTrois.\n".encode("latin-1"))
+    assert main(["--text-file", str(latin), "--output-dir", str(tmp_path / "a")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: a text file is not UTF-8 text (byte 0xe9 at position 6): save it as UTF-8 plain text")
+
+    def disk_of_two_megabytes():  # writes past 2 MB fail (EFBIG) as they would on a full disk (ENOSPC)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2_000_000, 2_000_000))
+
+    full = subprocess.run([sys.executable, "-m", "mlm.train", "--data-dir", str(WIKITEXT_DIR), "--output-dir",
+                           str(tmp_path / "full"), "--max-train-blocks", "16", "--max-eval-blocks", "8"],
+                          cwd=REPO, env=OFFLINE_ENV, preexec_fn=disk_of_two_megabytes, capture_output=True, text=True)
+    assert full.returncode == 2 and "Traceback" not in full.stderr
+    assert full.stderr.strip().splitlines()[-1] == (
+        "error: cannot write the checkpoint: File too large (free some space or choose another --output-dir)")

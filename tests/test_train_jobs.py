@@ -21,9 +21,9 @@ from mlm.progress import read_progress
 from mlm.runs import LOCK_FILE, TrainingJobs, TrainRequest
 from mlm.ui import DemoApp
 
-# 20 steps of 8 per epoch, and a validation of 25 batches of 16 blocks: long enough to press Stop inside it
+# 10 steps of 8 per epoch, and a validation of 15 batches of 16 blocks: long enough to press Stop inside it
 SLOW_VALIDATION = dict(preset="scratch", data_source="folder", data_dir=str(WIKITEXT_DIR), epochs=2, batch_size=8,
-                       max_train_blocks=160, max_eval_blocks=400, max_minutes=20)
+                       max_train_blocks=80, max_eval_blocks=240, max_minutes=20, log_every=5)
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def in_order(expected: list, seen: list) -> bool:
 def test_phases_then_stop_inside_a_validation_then_resume_from_the_tab(local_app):
     app, jobs = local_app, local_app.jobs
     jobs.start(TrainRequest(**SLOW_VALIDATION))
-    seen = watch(jobs, lambda s: s.phase == "validating" and s.step >= 20)  # the end-of-epoch-1 validation
+    seen = watch(jobs, lambda s: s.phase == "validating" and s.step >= 10)  # the end-of-epoch-1 validation
     assert in_order(["starting", "validating", "training", "validating"], [s.phase for s in seen])
     assert any(s.phase == "training" and s.eta_s for s in seen)  # once a validation was timed, an ETA
     assert all(s.elapsed_s is not None for s in seen)
@@ -64,14 +64,14 @@ def test_phases_then_stop_inside_a_validation_then_resume_from_the_tab(local_app
     began = time.monotonic()
     answer = app.stop_training()
     assert answer.startswith("Stopping") and "stopping" in answer
-    assert jobs.wait(10) == 0  # well inside a 25-batch validation: it was abandoned, not finished
+    assert jobs.wait(10) == 0  # well inside a 15-batch validation: it was abandoned, not finished
     assert time.monotonic() - began < 10
     status = jobs.status()
     assert (status.state, status.reason, status.resumable) == ("stopped", "stop", True)
     assert "Stopped by the Stop button" in status.message and "press Resume" in status.message
     assert [m["step"] for m in read_metrics(jobs.run_dir) if m["split"] == "valid"] == [0]  # not recorded
     state = json.loads((jobs.run_dir / "training_state" / "state.json").read_text())
-    assert state["step"] == 20 and not state["finished"]
+    assert state["step"] == 10 and not state["finished"]
     assert load_model(jobs.run_dir).config.num_hidden_layers == 3
 
     second = app.stop_training()  # a second Stop keeps the outcome on screen
@@ -79,11 +79,11 @@ def test_phases_then_stop_inside_a_validation_then_resume_from_the_tab(local_app
 
     assert "Resumed." in app.resume_training(None)
     assert "already going" in app.start_training("scratch", "folder", str(WIKITEXT_DIR), None, 1, 5e-4, 8, 100, 5)
-    watch(jobs, lambda s: s.step > 20 and s.phase == "training")
+    watch(jobs, lambda s: s.step > 10)  # it went on from step 10
     app.stop_training()
     jobs.wait(30)
-    assert json.loads((jobs.run_dir / "training_state" / "state.json").read_text())["step"] > 20
-    assert jobs.status().reason == "stop"
+    assert 10 < json.loads((jobs.run_dir / "training_state" / "state.json").read_text())["step"] <= 20
+    assert jobs.status().reason in {"stop", "finished"}  # stopped, or finished (20 steps) before Stop arrived
 
 
 def test_the_minutes_cap_counts_from_the_start_and_bounds_data_preparation(local_app):
@@ -160,7 +160,7 @@ def test_an_app_restarted_while_its_job_runs_finds_the_job_and_stops_it(tmp_path
         with pytest.raises(Exception, match="already going"):
             restarted.start(TrainRequest(**SLOW_VALIDATION))
         assert restarted.stop().startswith("Stopping")
-        assert restarted.wait(15) == 0
+        assert restarted.wait(60) == 0  # it saves within seconds; a busy machine takes longer to end a process
         status = restarted.status()
         assert (status.state, status.reason, status.resumable) == ("stopped", "stop", True)
         assert not (tmp_path / "checkpoints" / LOCK_FILE).exists()

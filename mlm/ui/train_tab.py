@@ -27,7 +27,6 @@ PRESET_TEXT = {
     "fast": "The best from-scratch recipe found (batch 128, lr 2e-3, 30% masks): made for a GPU, slow on a CPU.",
     "budget": "Five minutes of a CPU from Start, the learning rate decaying to 0 by then (batch 32, lr 1e-3, 30% masks).",
 }
-PHASE_ICONS = {"starting": "⏳", "training": "🏋️", "validating": "🧪", "stopping": "⏹️", "saving": "💾"}
 CAP_HELP = ("Cap: minutes from Start (loading data, validations and training all count; then it stops with a "
             "resumable checkpoint)")
 
@@ -42,7 +41,7 @@ def status_markdown(status: RunStatus, note: str = "") -> str:
     if status.run_dir is None:
         return lead + escape(status.message)
     total = number(status.total_steps, "{:,}")
-    label = f"{PHASE_ICONS.get(status.phase, '')} {status.phase}" if status.active else status.state
+    label = status.phase if status.active else status.state
     eta = duration(status.eta_s) + (" (minutes cap)" if status.eta_capped else "")
     return (f"{lead}**{escape(status.run_dir.name)}**: {label}. {escape(status.message)}\n\n"
             f"| step | epoch | loss | valid loss | tokens/s | since Start | ETA (validations included) |\n"
@@ -115,7 +114,8 @@ class TrainHandlers:
 
     def stop_training(self) -> str:
         """Stop the run; with none going, the last run's outcome stays on screen."""
-        return status_markdown(self.jobs.status(), self.jobs.stop())
+        note = self.jobs.stop()  # first: the status then reads "stopping"
+        return status_markdown(self.jobs.status(), note)
 
     def training_status(self) -> str:
         return status_markdown(self.jobs.status())
@@ -154,10 +154,11 @@ def build(app) -> dict:
             source = gr.Radio([(SOURCE_LABELS[key], key) for key in sources], label="Data", value=first_source,
                               interactive=allowed)
             data_dir = gr.Textbox(str(DEFAULT_DATA_DIR) if DEFAULT_DATA_DIR.is_dir() else "",
-                                  label="Local WikiText folder", interactive=allowed, visible=first_source == "folder")
+                                  label="Local WikiText folder", interactive=allowed, visible=first_source == "folder",
+                                  elem_id="train-folder")
             upload = gr.File(label=f"Text file (UTF-8 plain text, one paragraph per line, up to "
                                    f"{max_upload_bytes() / 1e6:g} MB)", file_types=[".txt"], type="filepath",
-                             interactive=allowed, visible=False)
+                             interactive=allowed, visible=False, elem_id="train-upload")
         with gr.Column():
             epochs = gr.Number(1, label="Epochs", minimum=0.01, interactive=allowed)
             lr = gr.Number(PRESETS["scratch"]["lr"], label="Learning rate", minimum=0, interactive=allowed)
@@ -166,7 +167,7 @@ def build(app) -> dict:
             max_blocks = gr.Number(2000, label="Cap: training blocks of 128 tokens (empty: all)", precision=0,
                                    minimum=1, interactive=allowed)
             max_minutes = gr.Number(5, label=CAP_HELP, minimum=0.1, interactive=allowed)
-            max_eval_blocks = gr.Number(None, label="Cap: validation blocks (empty: all; fewer validate faster)",
+            max_eval_blocks = gr.Number(400, label="Cap: validation blocks (empty: all; fewer validate faster)",
                                         precision=0, minimum=1, interactive=allowed)
             five_minutes = gr.Checkbox(False, label=f"Train for {LESSON_MINUTES:g} minutes",  # mlm/schedule.py
                                        info="the learning rate warms up and decays to 0 over the minutes from Start",
