@@ -177,7 +177,7 @@ def build(app, tab: gr.Tab) -> dict:
     gr.Markdown("Why does each model guess what it guesses? Type a sentence with `[MASK]`, then read the views "
                 "below, the two models side by side.")
     with gr.Row():
-        text = gr.Textbox(SENTENCE, label="Sentence with [MASK]", lines=1, scale=4, max_length=5000,
+        text = gr.Textbox(SENTENCE, label="Sentence with [MASK]", lines=1, scale=4,
                           elem_id="explain-text")
         top_k = gr.Slider(1, MAX_TOP_K, value=5, step=1, label="Top-k per layer", scale=1)
         run = gr.Button("Explain", variant="primary", scale=1)
@@ -219,15 +219,15 @@ def build(app, tab: gr.Tab) -> dict:
         gr.Markdown("## 4. How surprising is each word\nEach token masked in turn and scored (pseudo-log-likelihood): "
                     "red cells surprised the model; the fewer bits, the more expected.")
         with gr.Row():
-            sentence = gr.Textbox(SURPRISE_SENTENCE, label="Sentence (no [MASK])", scale=4, max_length=5000,
+            sentence = gr.Textbox(SURPRISE_SENTENCE, label="Sentence (no [MASK])", scale=4,
                                   elem_id="surprise-text")
             score = gr.Button("Score the sentence", scale=1)
         surprise = side_by_side(lambda side: [gr.Plot(label=f"{side.title()} model", elem_id=f"{side}-surprise"),
                                               gr.Markdown(elem_id=f"{side}-surprise-note")])
         gr.Markdown("**Minimal pair**: which of two sentences does each model find more likely (higher is better)?")
         with gr.Row():
-            first = gr.Textbox(PAIR[0], label="Sentence A", max_length=5000)
-            second = gr.Textbox(PAIR[1], label="Sentence B", max_length=5000)
+            first = gr.Textbox(PAIR[0], label="Sentence A")
+            second = gr.Textbox(PAIR[1], label="Sentence B")
             compare_pair = gr.Button("Compare the pair", scale=0)
         pair = gr.Dataframe(headers=["model", "A: pseudo-log-likelihood", "B: pseudo-log-likelihood", "prefers"],
                             interactive=False, elem_id="minimal-pair")
@@ -236,7 +236,7 @@ def build(app, tab: gr.Tab) -> dict:
         gr.Markdown("## 5. What the model sees in training\nEach step picks some tokens for the model to predict; of "
                     "those, 80% become `[MASK]`, 10% a random word, 10% stay. This is the training code itself.")
         with gr.Row():
-            training_text = gr.Textbox(TRAINING_SENTENCE, label="Sentence", scale=4, max_length=5000,
+            training_text = gr.Textbox(TRAINING_SENTENCE, label="Sentence", scale=4,
                                        elem_id="training-text")
             low, high = MASK_PROBABILITY_RANGE
             percent = gr.Slider(100 * low, 100 * high, value=15, step=1, label="Tokens picked (%)", scale=2)

@@ -52,7 +52,7 @@ def build(app, demo: gr.Blocks) -> dict:
     """Lay out the tab inside an open gr.Tab."""
     gr.Markdown(STORY)
     with gr.Row():
-        text = gr.Textbox(EXAMPLES[0], label="Sentence", lines=1, scale=4, max_length=5000,
+        text = gr.Textbox(EXAMPLES[0], label="Sentence", lines=1, scale=4,
                           elem_id="timelapse-text")
         run = gr.Dropdown([], label="Run with snapshots", scale=2, elem_id="timelapse-run")
         top_k = gr.Slider(1, MAX_TOP_K, value=5, step=1, label="Top-k guesses", scale=1)
