@@ -279,7 +279,8 @@ class SnapshotRecorder:
             self.trainer.evaluate(step)
             if any(e["step"] == step for e in self.entries):  # that evaluation left the plateau: already taken
                 return
-        if self.enabled:
+        validated = self.last_validation is not None and self.last_validation[0] == step
+        if self.enabled and validated:  # a Stop abandons the validation under way: then there is no point to keep
             self.write(step, step / self.trainer.steps_per_epoch, self.last_validation[1], reason)
 
     def finish(self, step: int) -> None:

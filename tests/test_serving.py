@@ -61,7 +61,7 @@ def test_a_40_mb_text_is_refused_before_tokenizing_fast_and_in_flat_memory(regis
 def test_the_ui_predict_event_refuses_an_oversized_text_before_tokenizing(app_project, tokenizer_must_not_run):
     outputs = DemoApp(app_project / "checkpoints").compare("x" * (MAX_TEXT_CHARS + 1) + " [MASK]", 5, SCRATCH_NAME,
                                                            LORA_NAME)
-    left_filled, right_filled = outputs[2]["value"], outputs[7]["value"]  # notes, then 5 outputs per side
+    left_filled, right_filled = outputs[1]["value"], outputs[5]["value"]  # notes, then 4 outputs per side
     assert left_filled.startswith("⚠️ The text is too long") and right_filled.startswith("⚠️ The text is too long")
 
 

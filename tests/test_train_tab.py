@@ -61,7 +61,7 @@ class Page:
 
 
 def train_points(shown: dict, run: str) -> int:
-    return sum(len(t.x) for t in shown["loss"].data if t.name == run) if shown["loss"] else 0  # train: the run's name
+    return sum(len(t.x) for t in shown["loss"].data if t.name == f"{run}: train") if shown["loss"] else 0
 
 
 def test_start_watch_stop_and_pick_a_run(local_app):
@@ -147,7 +147,7 @@ def test_curves_overlay_runs_with_reference_lines_and_a_csv(app_project, tmp_pat
     names = app.run_names()
     assert names[:2] == ["BERT from scratch (WikiText-2)", "MiniLM + LoRA (WikiText-2)"]
     loss, perplexity, csv_path = app.curves(names[:2])
-    assert {t.name for t in loss.data} == {f"{n}{s}" for n in names[:2] for s in ("", ": validation")}  # train, valid
+    assert {t.name for t in loss.data} == {f"{n}{s}" for n in names[:2] for s in (": train", ": validation")}
     assert sorted(round(shape.y0, 2) for shape in loss.layout.shapes) == [6.48, 10.33]
     assert len(perplexity.data) == 2
     by_epoch, _, _ = app.curves(names[:2], "epoch")
