@@ -3,11 +3,9 @@ answered from (list_snapshots, fill_mask_at, candidate_history)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
