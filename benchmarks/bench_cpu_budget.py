@@ -98,6 +98,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--minutes", type=float, nargs="+", default=[5.0, 10.0])
+    parser.add_argument("--presets", nargs="+", default=[preset for preset, _ in RUNS], choices=[p for p, _ in RUNS],
+                        help="run only these; the other presets' runs already in the results file are kept")
     parser.add_argument("--smoke", action="store_true", help="tiny data: checks that the script runs")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results_cpu_budget"),
                         help="results stem: STEM.json and STEM.md")
@@ -108,10 +110,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cpu-budget-") as folder:
         for minutes in args.minutes:
             for preset, flag in RUNS:
+                if preset not in args.presets:
+                    continue
                 runs.append(train(preset, flag, minutes, args.data_dir, Path(folder), SMOKE if args.smoke else [], valid))
                 print(json.dumps(runs[-1]), flush=True)
+    stem = Path(args.output)
+    if stem.with_suffix(".json").exists():  # keep the runs of the presets not re-run, in the file's order
+        kept = [r for r in json.loads(stem.with_suffix(".json").read_text())["runs"] if r["preset"] not in args.presets]
+        runs = sorted(kept + runs, key=lambda r: (r["minutes"], [p for p, _ in RUNS].index(r["preset"])))
     write_results({"machine": f"CPU {cpu_name()}", "threads": torch.get_num_threads(), "torch": torch.__version__,
-                   "date": str(date.today()), "runs": runs}, Path(args.output))
+                   "date": str(date.today()), "runs": runs}, stem)
 
 
 if __name__ == "__main__":

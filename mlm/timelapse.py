@@ -83,8 +83,8 @@ class SnapshotModels:
             skeleton = cached[2]
             if entry["format"] == SEED:
                 with torch.no_grad():
-                    for target, value in zip(unique_tensors(skeleton).values(),
-                                             unique_tensors(seeded_start(tokenizer, entry["seed"])).values()):
+                    start = seeded_start(tokenizer, entry["seed"], entry.get("init", "bert"))  # runs before inits had names: bert
+                    for target, value in zip(unique_tensors(skeleton).values(), unique_tensors(start).values()):
                         target.copy_(value)
             else:
                 load_encoded(skeleton, read_snapshot(self.registry.entry(name).folder, entry), entry["format"])

@@ -185,7 +185,7 @@ class Trainer(Checkpointing):
         if config.pretrained:
             model = pretrained_model(config.pretrained, config.dropout)
         else:
-            model = scratch_model(self.tokenizer, 0.1 if config.dropout is None else config.dropout)
+            model = scratch_model(self.tokenizer, 0.1 if config.dropout is None else config.dropout, config.init)
         if config.lora_rank:
             model = add_lora(model, config.lora_rank)
             if self.resume:

@@ -32,6 +32,40 @@ def test_parameter_count_is_the_missions(tokenizer):
     assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
 
 
+def test_the_mimetic_init_starts_positions_as_sinusoids_and_keys_as_queries(tokenizer, tmp_path):
+    import numpy as np
+    from transformers import pipeline
+
+    torch.manual_seed(3)
+    plain = scratch_model(tokenizer)
+    torch.manual_seed(3)
+    mimetic = scratch_model(tokenizer, init="mimetic")
+    # An independent table (numpy, the Transformer paper's formula), scaled to Hugging Face's std 0.02
+    position, pair = np.arange(512)[:, None], np.arange(0, 256, 2)[None, :]
+    angle = position / 10000 ** (pair / 256)
+    table = np.zeros((512, 256))
+    table[:, 0::2], table[:, 1::2] = np.sin(angle), np.cos(angle)
+    table = table / table.std() * 0.02
+    positions = mimetic.bert.embeddings.position_embeddings.weight.detach().numpy()
+    assert np.allclose(positions, table, atol=1e-6)
+    changed = {"bert.embeddings.position_embeddings.weight"}
+    for number, layer in enumerate(mimetic.bert.encoder.layer):
+        attention, reference = layer.attention.self, plain.bert.encoder.layer[number].attention.self
+        assert torch.equal(attention.query.weight, 2 * reference.query.weight)
+        assert torch.equal(attention.key.weight, attention.query.weight)
+        changed |= {f"bert.encoder.layer.{number}.attention.self.{w}.weight" for w in ("query", "key")}
+    plain_state = plain.state_dict()
+    for name, value in mimetic.state_dict().items():  # everything else is Hugging Face's own init, same seed
+        assert name in changed or torch.equal(value, plain_state[name]), name
+    save_model(mimetic.eval(), tokenizer, tmp_path)  # still a plain BertForMaskedLM checkpoint
+    with torch.no_grad():
+        ids = tokenizer("Paris is the [MASK] of France.", return_tensors="pt")["input_ids"]
+        assert torch.equal(load_model(tmp_path)(input_ids=ids).logits, mimetic(input_ids=ids).logits)
+    assert len(pipeline("fill-mask", model=str(tmp_path))("Paris is the [MASK] of France.")) == 5
+    with pytest.raises(UserError, match="unknown init"):
+        scratch_model(tokenizer, init="xavier")
+
+
 def test_fast_loss_equals_bert_for_masked_lm(tokenizer, masked_batch):
     torch.manual_seed(0)
     model = scratch_model(tokenizer).eval()  # no dropout: both forwards see the same network

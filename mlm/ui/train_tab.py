@@ -24,8 +24,8 @@ SOURCE_LABELS = {"hub": "WikiText-2 from the Hugging Face hub", "folder": "A loc
 PRESET_TEXT = {
     "scratch": "The original recipe: a small 3-layer BERT learns English from nothing (batch 8, lr 5e-4).",
     "finetune": "Fine-tunes a pretrained BERT (offline: MiniLM) on the text: good guesses after little training.",
-    "fast": "The best from-scratch recipe found (batch 128, lr 2e-3, 30% masks): made for a GPU, slow on a CPU.",
-    "budget": "Five minutes of a CPU from Start, the learning rate decaying to 0 by then (batch 32, lr 1e-3, 30% masks).",
+    "fast": "The best from-scratch recipe found (batch 128, lr 2e-3, 30% masks, 10 epochs, mimetic init): for a GPU.",
+    "budget": "Five minutes of a CPU from Start, the learning rate decaying to 0 by then (batch 16, lr 1e-3, mimetic init).",
 }
 CAP_HELP = ("Cap: minutes from Start (loading data, validations and training all count; then it stops with a "
             "resumable checkpoint)")
