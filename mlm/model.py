@@ -33,14 +33,34 @@ CHECKPOINT_FILES = (("config.json", "model.safetensors"), (ADAPTER_CONFIG, ADAPT
 BASE_MODEL_FILE = "base_model.json"  # names the base of a LoRA checkpoint: a package name, hub name or path
 
 
+def scratch_config(tokenizer, dropout: float = 0.1) -> dict:
+    return dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                **{**SCRATCH_ARCHITECTURE, "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout})
+
+
 def scratch_model(tokenizer, dropout: float = 0.1):
+    """transformers' BertForMaskedLM, fresh: for callers that need the HF class (its Trainer, the app)."""
     from transformers import BertConfig, BertForMaskedLM
 
-    config = BertConfig(
-        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-        **{**SCRATCH_ARCHITECTURE, "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout},
-    )
-    return BertForMaskedLM(config)
+    return BertForMaskedLM(BertConfig(**scratch_config(tokenizer, dropout)))
+
+
+def scratch_bert(tokenizer, dropout: float = 0.1):
+    """The same model in plain torch (mlm.bert), what a from-scratch run trains: building it imports no
+    transformers. Same parameter names, and under the same seed the same random start as `scratch_model`."""
+    from mlm.bert import BertConfig, BertForMaskedLM
+
+    return BertForMaskedLM(BertConfig(**scratch_config(tokenizer, dropout)))
+
+
+def resumed_scratch_bert(folder: str | Path, dropout: float | None = None):
+    """A from-scratch run's saved weights as the plain-torch model, to resume training it."""
+    from mlm.bert import BertForMaskedLM
+
+    try:
+        return BertForMaskedLM.from_pretrained(folder, dropout)
+    except Exception as error:  # noqa: BLE001 - missing, corrupt or foreign: one line for the user either way
+        raise UserError(f"cannot load a BERT model from '{folder}': {type(error).__name__}: {error}") from error
 
 
 def pretrained_model(name_or_path: str, dropout: float | None = None):

@@ -1,0 +1,129 @@
+"""The plain-torch BERT (mlm.bert) against transformers' BertForMaskedLM: same start, same outputs, same files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+from conftest import WIKITEXT_DIR
+from mlm import bert
+from mlm.data import MaskingSpec, load_tokenizer, mask_tokens, max_predictions
+from mlm.fastdata import read_lines
+from mlm.hub import minilm_path
+from mlm.model import MaskedLMObjective, parameter_count, scratch_bert, scratch_config, scratch_model
+from mlm.snapshots import unique_tensors
+from mlm.tokenizer_files import TokenizerFiles
+
+BERT_FOLDER = WIKITEXT_DIR.parent / "bert-base-uncased"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer()
+
+
+@pytest.fixture
+def masked_batch(tokenizer):
+    torch.manual_seed(1)
+    ids = torch.randint(1000, 30000, (4, 128))
+    ids[:, 0], ids[:, -1] = tokenizer.cls_token_id, tokenizer.sep_token_id
+    return mask_tokens(ids, MaskingSpec.from_tokenizer(tokenizer))
+
+
+def test_same_seed_gives_transformers_random_start_bit_for_bit(tokenizer):
+    torch.manual_seed(7)
+    reference = scratch_model(tokenizer)
+    after_reference = torch.rand(3)
+    torch.manual_seed(7)
+    model = scratch_bert(tokenizer)
+    assert torch.equal(torch.rand(3), after_reference)  # the same random numbers drawn, no more, no fewer
+    expected, own = reference.state_dict(), model.state_dict()
+    assert list(own) == list(expected)
+    assert all(torch.equal(own[name], expected[name]) for name in expected)
+    assert list(unique_tensors(model)) == list(unique_tensors(reference))  # snapshots store the same tensors
+    assert parameter_count(model) == 10_411_834
+    assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+    assert model.cls.predictions.decoder.bias is model.cls.predictions.bias
+
+
+def trained_looking(model):
+    """Perturb every weight (a fresh model's zero biases and unit LayerNorms would hide a swapped parameter)."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    return model.eval()
+
+
+def assert_same_outputs(model, reference, batch):
+    inputs, labels = batch
+    output, expected = model(inputs, labels=labels), reference(input_ids=inputs, labels=labels)
+    assert torch.allclose(output.logits, expected.logits, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(output.loss, expected.loss, atol=1e-5, rtol=1e-5)
+
+
+def test_saved_weights_load_into_transformers_with_the_same_logits_and_loss(tokenizer, tmp_path, masked_batch):
+    torch.manual_seed(0)
+    model = trained_looking(scratch_bert(tokenizer))
+    model.save_pretrained(tmp_path)
+    reference = BertForMaskedLM.from_pretrained(tmp_path, use_safetensors=True).eval()
+    assert_same_outputs(model, reference, masked_batch)
+    strict = BertForMaskedLM(BertConfig(**scratch_config(tokenizer)))
+    strict.load_state_dict(model.state_dict(), strict=True)  # the same names, also in memory
+
+    written = json.loads((tmp_path / "config.json").read_text())
+    expected = BertConfig(**scratch_config(tokenizer)).to_dict()
+    for key in ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                "intermediate_size", "max_position_embeddings", "hidden_dropout_prob", "attention_probs_dropout_prob",
+                "type_vocab_size", "layer_norm_eps", "initializer_range", "pad_token_id", "hidden_act",
+                "tie_word_embeddings"):
+        assert BertConfig.from_pretrained(tmp_path).to_dict()[key] == expected[key] == written[key], key
+
+
+def test_transformers_weights_load_into_the_plain_model(tokenizer, tmp_path, masked_batch):
+    torch.manual_seed(0)
+    reference = trained_looking(scratch_model(tokenizer))
+    reference.save_pretrained(tmp_path)
+    assert_same_outputs(bert.BertForMaskedLM.from_pretrained(tmp_path).eval(), reference, masked_batch)
+    assert bert.BertForMaskedLM.from_pretrained(tmp_path, dropout=0.0).config.hidden_dropout_prob == 0.0
+
+
+def test_a_foreign_checkpoint_is_refused(tmp_path, tokenizer):
+    scratch_bert(tokenizer).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 4}))
+    with pytest.raises(ValueError, match="encoder.layer.3"):
+        bert.BertForMaskedLM.from_pretrained(tmp_path)
+
+
+def test_fast_loss_of_the_plain_model_equals_transformers_loss(tokenizer, masked_batch):
+    torch.manual_seed(0)
+    model = trained_looking(scratch_bert(tokenizer))
+    reference = BertForMaskedLM(BertConfig(**scratch_config(tokenizer)))
+    reference.load_state_dict(model.state_dict())
+    inputs, labels = masked_batch
+    objective = MaskedLMObjective(model, max_predictions(inputs.numel(), 0.15))
+    assert torch.allclose(objective(inputs, labels), reference.eval()(input_ids=inputs, labels=labels).loss, rtol=1e-5)
+
+
+def test_dropout_is_where_transformers_has_it(tokenizer, masked_batch):
+    """In training mode both draw different masks, so compare the spread of the loss under dropout instead."""
+    torch.manual_seed(0)
+    model = trained_looking(scratch_bert(tokenizer, dropout=0.5)).train()
+    inputs, labels = masked_batch
+    losses = torch.stack([model(inputs, labels=labels).loss.detach() for _ in range(3)])
+    assert losses.std() > 0 and not torch.isclose(losses.mean(), model.eval()(inputs, labels=labels).loss, rtol=1e-3)
+
+
+@pytest.mark.parametrize("folder", [BERT_FOLDER, None], ids=["bert-base-uncased", "minilm"])
+def test_tokenizer_files_encode_as_transformers(folder):
+    folder = folder or minilm_path()
+    plain, reference = TokenizerFiles(folder), AutoTokenizer.from_pretrained(folder)
+    lines = read_lines(str(WIKITEXT_DIR / "wiki.valid.tokens"))[:3000]
+    assert plain(lines)["input_ids"] == reference(lines)["input_ids"]
+    assert plain.all_special_ids == sorted(reference.all_special_ids)
+    assert MaskingSpec.from_tokenizer(plain) == MaskingSpec.from_tokenizer(reference)
+    assert (plain.pad_token_id, plain.unk_token_id) == (reference.pad_token_id, reference.unk_token_id)
+    assert plain.backend_tokenizer.to_str() == reference.backend_tokenizer.to_str()  # the same cached blocks
