@@ -50,8 +50,11 @@ class TokenizerFiles:
         return {"input_ids": [encoding.ids for encoding in self.backend_tokenizer.encode_batch(lines)]}
 
     def save_pretrained(self, folder: str | Path) -> None:
-        """The tokenizer files as they are: `AutoTokenizer.from_pretrained(folder)` loads them as from the source."""
-        for name in FILES:
+        """tokenizer.json as transformers writes it (without the source's own truncation or padding), the other
+        files as they are: `AutoTokenizer.from_pretrained(folder)` then loads the tokenizer of the source."""
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        self.backend_tokenizer.save(str(Path(folder) / "tokenizer.json"))
+        for name in FILES[1:]:
             if (self.folder / name).is_file():
                 shutil.copyfile(self.folder / name, Path(folder) / name)
 

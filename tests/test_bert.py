@@ -127,3 +127,18 @@ def test_tokenizer_files_encode_as_transformers(folder):
     assert MaskingSpec.from_tokenizer(plain) == MaskingSpec.from_tokenizer(reference)
     assert (plain.pad_token_id, plain.unk_token_id) == (reference.pad_token_id, reference.unk_token_id)
     assert plain.backend_tokenizer.to_str() == reference.backend_tokenizer.to_str()  # the same cached blocks
+
+
+def test_saved_tokenizer_is_what_transformers_saves(tmp_path):
+    """MiniLM's tokenizer.json pads and truncates to 128; transformers saves it without once it has encoded text
+    (as the trainer's tokenizer had, and as the shipped checkpoint holds it), and loads it back."""
+    plain, reference = TokenizerFiles(minilm_path()), AutoTokenizer.from_pretrained(minilm_path())
+    text = ["a [MASK] sentence that the tokenizer splits into word ##pieces, " * 30]
+    reference(text)
+    plain.save_pretrained(tmp_path / "plain")
+    reference.save_pretrained(tmp_path / "reference")
+    assert json.loads((tmp_path / "plain" / "tokenizer.json").read_text()) == \
+        json.loads((tmp_path / "reference" / "tokenizer.json").read_text())
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "plain")
+    assert reloaded(text)["input_ids"] == reference(text)["input_ids"] and len(reference(text)["input_ids"][0]) > 128
+    assert reloaded.all_special_ids == reference.all_special_ids and len(reloaded) == len(reference)
