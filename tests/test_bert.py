@@ -108,13 +108,35 @@ def test_fast_loss_of_the_plain_model_equals_transformers_loss(tokenizer, masked
     assert torch.allclose(objective(inputs, labels), reference.eval()(input_ids=inputs, labels=labels).loss, rtol=1e-5)
 
 
-def test_dropout_is_where_transformers_has_it(tokenizer, masked_batch):
-    """In training mode both draw different masks, so compare the spread of the loss under dropout instead."""
+def test_fast_loss_gradients_of_the_plain_model_equal_transformers(tokenizer, masked_batch):
     torch.manual_seed(0)
-    model = trained_looking(scratch_bert(tokenizer, dropout=0.5)).train()
+    model = trained_looking(scratch_bert(tokenizer))
+    reference = BertForMaskedLM(BertConfig(**scratch_config(tokenizer)))
+    reference.load_state_dict(model.state_dict())
     inputs, labels = masked_batch
-    losses = torch.stack([model(inputs, labels=labels).loss.detach() for _ in range(3)])
-    assert losses.std() > 0 and not torch.isclose(losses.mean(), model.eval()(inputs, labels=labels).loss, rtol=1e-3)
+    reference.eval()(input_ids=inputs, labels=labels).loss.backward()
+    MaskedLMObjective(model, max_predictions(inputs.numel(), 0.15))(inputs, labels).backward()
+    expected = dict(reference.named_parameters())
+    for name, parameter in model.named_parameters():
+        assert torch.allclose(parameter.grad, expected[name].grad, atol=1e-6, rtol=1e-4), name
+
+
+def test_dropout_is_where_transformers_has_it(tokenizer, masked_batch):
+    """In training mode, from the same random state, both draw the same dropout masks in the same order (embeddings,
+    attention probabilities, after each sublayer): the same logits and loss, and the same random state after."""
+    torch.manual_seed(0)
+    model = trained_looking(scratch_bert(tokenizer, dropout=0.3)).train()
+    reference = BertForMaskedLM(BertConfig(**scratch_config(tokenizer, dropout=0.3)))
+    reference.load_state_dict(model.state_dict())
+    reference.train()
+    inputs, labels = masked_batch
+    torch.manual_seed(5)
+    output, after = model(inputs, labels=labels), torch.rand(2)
+    torch.manual_seed(5)
+    expected, reference_after = reference(input_ids=inputs, labels=labels), torch.rand(2)
+    assert torch.allclose(output.logits, expected.logits, atol=1e-5, rtol=1e-5) and torch.equal(after, reference_after)
+    assert torch.allclose(output.loss, expected.loss, atol=1e-5)
+    assert not torch.allclose(output.logits, model.eval()(inputs).logits, atol=1e-2)  # dropout did act
 
 
 @pytest.mark.parametrize("folder", [BERT_FOLDER, None], ids=["bert-base-uncased", "minilm"])
