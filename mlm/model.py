@@ -1,5 +1,8 @@
 """The model: Hugging Face's BertForMaskedLM, built small from scratch or loaded pretrained, plus the fast MLM loss.
 
+A from-scratch training run builds the same network in plain torch instead (`scratch_bert`, mlm/bert.py: same
+parameter names, same random start, same saved files), so that its process never imports transformers.
+
 Everything saved here is a plain `save_pretrained` folder in safetensors, so `pipeline("fill-mask", model=DIR)`
 works on it. A LoRA fine-tune is saved as a PEFT adapter plus the MLM head's own parameters (`mlm_head.safetensors`)
 on top of a base model that is named, not copied: a few MB instead of a full model.
