@@ -10,27 +10,15 @@ from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
 from conftest import WIKITEXT_DIR
 from mlm import bert
-from mlm.data import MaskingSpec, load_tokenizer, mask_tokens, max_predictions
+from mlm.data import MaskingSpec, max_predictions
 from mlm.fastdata import read_lines
 from mlm.hub import minilm_path
 from mlm.model import MaskedLMObjective, parameter_count, scratch_bert, scratch_config, scratch_model
 from mlm.snapshots import unique_tensors
 from mlm.tokenizer_files import TokenizerFiles
+from test_model import masked_batch, tokenizer  # noqa: F401 - the same fixtures
 
 BERT_FOLDER = WIKITEXT_DIR.parent / "bert-base-uncased"
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer()
-
-
-@pytest.fixture
-def masked_batch(tokenizer):
-    torch.manual_seed(1)
-    ids = torch.randint(1000, 30000, (4, 128))
-    ids[:, 0], ids[:, -1] = tokenizer.cls_token_id, tokenizer.sep_token_id
-    return mask_tokens(ids, MaskingSpec.from_tokenizer(tokenizer))
 
 
 def test_same_seed_gives_transformers_random_start_bit_for_bit(tokenizer):
@@ -98,23 +86,26 @@ def test_a_foreign_checkpoint_is_refused(tmp_path, tokenizer):
         bert.BertForMaskedLM.from_pretrained(tmp_path)
 
 
-def test_fast_loss_of_the_plain_model_equals_transformers_loss(tokenizer, masked_batch):
+def twins(tokenizer, dropout: float = 0.1):
+    """The plain model (trained-looking, in eval mode) and a transformers BertForMaskedLM holding its weights."""
     torch.manual_seed(0)
-    model = trained_looking(scratch_bert(tokenizer))
-    reference = BertForMaskedLM(BertConfig(**scratch_config(tokenizer)))
+    model = trained_looking(scratch_bert(tokenizer, dropout))
+    reference = BertForMaskedLM(BertConfig(**scratch_config(tokenizer, dropout)))
     reference.load_state_dict(model.state_dict())
+    return model, reference.eval()
+
+
+def test_fast_loss_of_the_plain_model_equals_transformers_loss(tokenizer, masked_batch):
+    model, reference = twins(tokenizer)
     inputs, labels = masked_batch
     objective = MaskedLMObjective(model, max_predictions(inputs.numel(), 0.15))
-    assert torch.allclose(objective(inputs, labels), reference.eval()(input_ids=inputs, labels=labels).loss, rtol=1e-5)
+    assert torch.allclose(objective(inputs, labels), reference(input_ids=inputs, labels=labels).loss, rtol=1e-5)
 
 
 def test_fast_loss_gradients_of_the_plain_model_equal_transformers(tokenizer, masked_batch):
-    torch.manual_seed(0)
-    model = trained_looking(scratch_bert(tokenizer))
-    reference = BertForMaskedLM(BertConfig(**scratch_config(tokenizer)))
-    reference.load_state_dict(model.state_dict())
+    model, reference = twins(tokenizer)
     inputs, labels = masked_batch
-    reference.eval()(input_ids=inputs, labels=labels).loss.backward()
+    reference(input_ids=inputs, labels=labels).loss.backward()
     MaskedLMObjective(model, max_predictions(inputs.numel(), 0.15))(inputs, labels).backward()
     expected = dict(reference.named_parameters())
     for name, parameter in model.named_parameters():
@@ -124,11 +115,8 @@ def test_fast_loss_gradients_of_the_plain_model_equal_transformers(tokenizer, ma
 def test_dropout_is_where_transformers_has_it(tokenizer, masked_batch):
     """In training mode, from the same random state, both draw the same dropout masks in the same order (embeddings,
     attention probabilities, after each sublayer): the same logits and loss, and the same random state after."""
-    torch.manual_seed(0)
-    model = trained_looking(scratch_bert(tokenizer, dropout=0.3)).train()
-    reference = BertForMaskedLM(BertConfig(**scratch_config(tokenizer, dropout=0.3)))
-    reference.load_state_dict(model.state_dict())
-    reference.train()
+    model, reference = twins(tokenizer, dropout=0.3)
+    model.train(), reference.train()
     inputs, labels = masked_batch
     torch.manual_seed(5)
     output, after = model(inputs, labels=labels), torch.rand(2)
