@@ -4,7 +4,8 @@
 
 Runs the same Trainer as the command, in a fresh process, with timers around imports, CUDA start-up, data
 loading, model building, graph capture, evaluations and checkpoint writing; prints one JSON line of seconds per
-phase (the process start itself is timed by the caller). Arguments are the training command's own.
+phase (the process start itself is timed by the caller) and which heavy libraries the process imported (a
+from-scratch run imports neither transformers nor datasets). Arguments are the training command's own.
 """
 
 import time
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mlm.checkpoint  # noqa: E402
 import mlm.train  # noqa: E402
 
-mark("import mlm.train (transformers, accelerate)")
+mark("import mlm.train")
 DURATIONS: dict[str, float] = {}
 
 
@@ -46,6 +47,21 @@ def timed(owner, name: str, label: str) -> None:
     setattr(owner, name, wrapper)
 
 
+def mark_first_step(owner) -> None:
+    """Issue 12's start-up ends where the first training step begins (after the step-0 validation)."""
+    original = owner.__call__
+
+    def wrapper(self, *args, **kwargs):
+        if type(self) is owner and "first training step" not in MARKS:  # not the graph's warm-up steps
+            mark("first training step")
+        return original(self, *args, **kwargs)
+
+    owner.__call__ = wrapper
+
+
+for step_class in (mlm.train.TrainStep, mlm.train.GraphedTrainStep):
+    mark_first_step(step_class)
+timed(mlm.train, "load_plain_tokenizer", "data")  # a from-scratch run reads the tokenizer without transformers
 timed(mlm.train, "load_mlm_data", "data")
 timed(mlm.train.Trainer, "initial_model", "model")
 timed(mlm.train.GraphedTrainStep, "__init__", "graph capture (with 3 warm-up steps)")
@@ -61,7 +77,9 @@ def main() -> None:
         mark("CUDA context")
     code = mlm.train.main(sys.argv[1:])
     mark("end of main")
-    print("PHASES " + __import__("json").dumps({"marks": MARKS, "durations": DURATIONS, "rc": code}), flush=True)
+    imported = {name: name in sys.modules for name in ("transformers", "datasets", "accelerate")}
+    print("PHASES " + __import__("json").dumps({"marks": MARKS, "durations": DURATIONS, "imported": imported, "rc": code}),
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,15 @@ def load_tokenizer(name_or_path: str = DEFAULT_TOKENIZER):
     return tokenizer
 
 
+def load_plain_tokenizer(name_or_path: str = DEFAULT_TOKENIZER):
+    """The same tokenizer read with `tokenizers` alone where its source is a folder with a tokenizer.json (a
+    from-scratch run then never imports transformers: ~3 s of start-up), else `load_tokenizer`'s."""
+    from mlm.tokenizer_files import TokenizerFiles, tokenizer_folder
+
+    folder = tokenizer_folder(resolve(offline_stand_in(name_or_path)))
+    return TokenizerFiles(folder) if folder else load_tokenizer(name_or_path)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Corpus: a DatasetDict of non-blank lines in a "text" column
 
@@ -234,14 +243,15 @@ class MLMData:
 def load_mlm_data(
     data_dir: str | None = None,
     text_files: list[str] | None = None,
-    tokenizer: str = DEFAULT_TOKENIZER,
+    tokenizer: str | object = DEFAULT_TOKENIZER,
     block_size: int = 128,
     max_train_blocks: int | None = None,
     max_eval_blocks: int | None = None,
 ) -> MLMData:
+    """`tokenizer`: a name or folder for `load_tokenizer`, or a tokenizer already loaded."""
     from mlm import fastdata  # (imports this module)
 
-    tok = load_tokenizer(tokenizer)
+    tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     if not text_files and fastdata.has_wikitext_files(data_dir):  # the same blocks without `datasets`, cached
         blocks, line_counts = fastdata.wikitext_blocks(data_dir, tok, block_size)
     else:

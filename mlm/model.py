@@ -1,5 +1,8 @@
 """The model: Hugging Face's BertForMaskedLM, built small from scratch or loaded pretrained, plus the fast MLM loss.
 
+A from-scratch training run builds the same network in plain torch instead (`scratch_bert`, mlm/bert.py: same
+parameter names, same random start, same saved files), so that its process never imports transformers.
+
 Everything saved here is a plain `save_pretrained` folder in safetensors, so `pipeline("fill-mask", model=DIR)`
 works on it. A LoRA fine-tune is saved as a PEFT adapter plus the MLM head's own parameters (`mlm_head.safetensors`)
 on top of a base model that is named, not copied: a few MB instead of a full model.
@@ -35,14 +38,38 @@ CHECKPOINT_FILES = (("config.json", "model.safetensors"), (ADAPTER_CONFIG, ADAPT
 BASE_MODEL_FILE = "base_model.json"  # names the base of a LoRA checkpoint: a package name, hub name or path
 
 
+def scratch_config(tokenizer, dropout: float = 0.1) -> dict:
+    return dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                **{**SCRATCH_ARCHITECTURE, "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout})
+
+
 def scratch_model(tokenizer, dropout: float = 0.1, init: str = "bert"):
+    """transformers' BertForMaskedLM, fresh: for callers that need the HF class (its Trainer, the app)."""
     from transformers import BertConfig, BertForMaskedLM
 
-    config = BertConfig(
-        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-        **{**SCRATCH_ARCHITECTURE, "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout},
-    )
-    model = BertForMaskedLM(config)
+    return initialised(BertForMaskedLM(BertConfig(**scratch_config(tokenizer, dropout))), init)
+
+
+def scratch_bert(tokenizer, dropout: float = 0.1, init: str = "bert"):
+    """The same model in plain torch (mlm.bert), what a from-scratch run trains: building it imports no
+    transformers. Same parameter names, and under the same seed the same random start as `scratch_model`."""
+    from mlm.bert import BertConfig, BertForMaskedLM
+
+    return initialised(BertForMaskedLM(BertConfig(**scratch_config(tokenizer, dropout))), init)
+
+
+def resumed_scratch_bert(folder: str | Path, dropout: float | None = None):
+    """A from-scratch run's saved weights as the plain-torch model, to resume training it."""
+    from mlm.bert import BertForMaskedLM
+
+    try:
+        return BertForMaskedLM.from_pretrained(folder, dropout)
+    except Exception as error:  # noqa: BLE001 - missing, corrupt or foreign: one line for the user either way
+        raise UserError(f"cannot load a BERT model from '{folder}': {type(error).__name__}: {error}") from error
+
+
+def initialised(model, init: str):
+    """`model` as built (Hugging Face's init: "bert"), or re-initialised by `mimetic_init`."""
     if init == "mimetic":
         mimetic_init(model)
     elif init != "bert":

@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save_file
 from mlm.checkpoint import STATE_DIR, STATE_FILE, write_text_atomic
 from mlm.data import IGNORE_INDEX
 from mlm.hub import UserError
-from mlm.model import scratch_model
+from mlm.model import scratch_bert
 
 SNAPSHOT_DIR = "snapshots"
 MANIFEST_FILE = "manifest.json"
@@ -147,10 +147,11 @@ def top1_guesses(model, inputs: torch.Tensor, labels: torch.Tensor, batch_size: 
 
 
 def seeded_start(tokenizer, seed: int, init: str = "bert"):
-    """The from-scratch model exactly as the Trainer initialises it (seed, then build), leaving the RNG untouched."""
+    """The from-scratch model exactly as the Trainer initialises it (seed, then build), leaving the RNG untouched.
+    (The plain-torch model: its random start is bit for bit that of transformers' class, which older runs used.)"""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return scratch_model(tokenizer, init=init).eval()
+        return scratch_bert(tokenizer, init=init).eval()
 
 
 # ----------------------------------------------------------------------------------------------------------------

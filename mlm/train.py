@@ -32,12 +32,14 @@ import torch.nn.functional as F
 from mlm import checkpoint as ckpt
 from mlm import durability
 from mlm.config import TrainConfig, config_from_args
-from mlm.data import IGNORE_INDEX, MaskingSpec, fixed_validation_masks, load_mlm_data, max_predictions
+from mlm.data import (
+    IGNORE_INDEX, MaskingSpec, fixed_validation_masks, load_mlm_data, load_plain_tokenizer, max_predictions,
+)
 from mlm.failures import one_line_error
 from mlm.hub import UserError, offline_stand_in
 from mlm.model import (
     MaskedLMObjective, add_lora, bert_for_masked_lm, load_lora_weights, parameter_count, pretrained_model,
-    scratch_model,
+    resumed_scratch_bert, scratch_bert,
 )
 from mlm.progress import ProgressWriter, evaluations_expected
 from mlm.run_checkpoints import Checkpointing, machine_name
@@ -105,8 +107,12 @@ class Trainer(Checkpointing):
         with accelerator.main_process_first():  # the main process repairs the run folder before anyone reads it
             found = self.prepare_run_dir() if self.is_main else durability.has_checkpoint(self.run_dir)
         self.resume = self.resume and found
+        # A from-scratch run reads its tokenizer and builds its model in plain torch (mlm.tokenizer_files, mlm.bert):
+        # importing transformers would cost ~3 s of start-up. Fine-tuning (LoRA too) uses transformers' classes.
+        self.plain = not config.pretrained
+        tokenizer = load_plain_tokenizer(config.tokenizer) if self.plain else config.tokenizer
         with accelerator.main_process_first():  # one process fills the datasets cache, the others read it
-            data = load_mlm_data(config.data_dir, config.text_files, config.tokenizer, config.block_size,
+            data = load_mlm_data(config.data_dir, config.text_files, tokenizer, config.block_size,
                                  config.max_train_blocks, config.max_eval_blocks)
         self.tokenizer, self.line_counts = data.tokenizer, data.line_counts
         stand_in = offline_stand_in(config.pretrained) if config.pretrained else config.pretrained
@@ -181,11 +187,12 @@ class Trainer(Checkpointing):
         """Fresh (scratch or pretrained, LoRA-wrapped if asked) or, for --resume, the run's own last weights."""
         config = self.config
         if self.resume and not config.lora_rank:
-            return pretrained_model(str(self.run_dir), config.dropout)
+            load = resumed_scratch_bert if self.plain else pretrained_model
+            return load(str(self.run_dir), config.dropout)
         if config.pretrained:
             model = pretrained_model(config.pretrained, config.dropout)
         else:
-            model = scratch_model(self.tokenizer, 0.1 if config.dropout is None else config.dropout, config.init)
+            model = scratch_bert(self.tokenizer, 0.1 if config.dropout is None else config.dropout, config.init)
         if config.lora_rank:
             model = add_lora(model, config.lora_rank)
             if self.resume:

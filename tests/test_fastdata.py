@@ -7,7 +7,9 @@ import torch
 
 from conftest import WIKITEXT_DIR
 from mlm import fastdata
-from mlm.data import blocks_tensor, group_into_blocks, load_corpus, load_mlm_data, load_tokenizer
+from mlm.data import (
+    blocks_tensor, group_into_blocks, load_corpus, load_mlm_data, load_plain_tokenizer, load_tokenizer,
+)
 from mlm.hub import UserError
 
 
@@ -26,14 +28,16 @@ def datasets_blocks(folder, tokenizer, block_size):
     return {split: blocks_tensor(group_into_blocks(corpus[split], tokenizer, block_size)) for split in ("train", "validation")}
 
 
-def test_blocks_equal_the_datasets_path_on_an_awkward_corpus(tmp_path, tokenizer):
-    """Several 1,000-line batches, blank and whitespace-only lines, <unk>, CRLF line ends, a missing final newline."""
+@pytest.mark.parametrize("plain", [False, True], ids=["transformers", "tokenizers-only"])
+def test_blocks_equal_the_datasets_path_on_an_awkward_corpus(tmp_path, tokenizer, plain):
+    """Several 1,000-line batches, blank and whitespace-only lines, <unk>, CRLF line ends, a missing final newline;
+    tokenized by transformers, or by `tokenizers` alone as a from-scratch run does (same blocks either way)."""
     lines = [f" line {i} <unk> " + "word " * (i % 41) if i % 7 else ("   " if i % 2 else "") for i in range(2600)]
     data = tmp_path / "data"
     data.mkdir()
     (data / "wiki.train.tokens").write_text("\r\n".join(lines), newline="")
     (data / "wiki.valid.tokens").write_text("\n".join(lines[:900]) + "\n")
-    blocks, line_counts = fastdata.wikitext_blocks(str(data), tokenizer, 16)
+    blocks, line_counts = fastdata.wikitext_blocks(str(data), load_plain_tokenizer() if plain else tokenizer, 16)
     expected = datasets_blocks(data, tokenizer, 16)
     for split in ("train", "validation"):
         assert blocks[split].dtype == torch.int64 and torch.equal(blocks[split], expected[split]), split

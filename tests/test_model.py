@@ -7,7 +7,9 @@ import torch
 
 from mlm.data import MaskingSpec, load_tokenizer, mask_tokens, max_predictions
 from mlm.hub import UserError
-from mlm.model import MaskedLMObjective, add_lora, load_model, parameter_count, save_model, scratch_model
+from mlm.model import (
+    MaskedLMObjective, add_lora, load_model, parameter_count, save_model, scratch_bert, scratch_model,
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +59,9 @@ def test_the_mimetic_init_starts_positions_as_sinusoids_and_keys_as_queries(toke
     plain_state = plain.state_dict()
     for name, value in mimetic.state_dict().items():  # everything else is Hugging Face's own init, same seed
         assert name in changed or torch.equal(value, plain_state[name]), name
+    torch.manual_seed(3)  # what a training run builds: the plain-torch twin, the same start bit for bit
+    trained = scratch_bert(tokenizer, init="mimetic").state_dict()
+    assert all(torch.equal(trained[name], value) for name, value in mimetic.state_dict().items())
     save_model(mimetic.eval(), tokenizer, tmp_path)  # still a plain BertForMaskedLM checkpoint
     with torch.no_grad():
         ids = tokenizer("Paris is the [MASK] of France.", return_tensors="pt")["input_ids"]

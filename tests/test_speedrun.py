@@ -12,7 +12,7 @@ from conftest import WIKITEXT_DIR
 from mlm.checkpoint import read_metrics
 from mlm.config import PRESETS, TrainConfig
 from mlm.data import IGNORE_INDEX, MaskingSpec, load_tokenizer, mask_tokens, max_predictions
-from mlm.model import MaskedLMObjective, scratch_model
+from mlm.model import MaskedLMObjective, scratch_bert, scratch_model
 from mlm.step import masking_schedule
 from mlm.train import main
 
@@ -42,16 +42,20 @@ def test_masking_schedule_runs_linearly_from_start_to_end():
     assert masking_schedule(70, 101, 0.3, None) == 0.3
 
 
-def test_bf16_loss_and_gradients_match_bert_for_masked_lm(tokenizer):
+@pytest.mark.parametrize("build", [scratch_model, scratch_bert], ids=["transformers", "mlm.bert"])
+def test_bf16_loss_and_gradients_match_bert_for_masked_lm(tokenizer, build):
     """The bf16 path computes the softmax on bf16 logits (no fp32 copy): same loss and gradient direction as the
-    plain fp32 BertForMaskedLM loss, within bf16's precision."""
+    plain fp32 BertForMaskedLM loss, within bf16's precision; for transformers' model and the plain-torch one that
+    training uses (the same seed gives both the same weights)."""
     torch.manual_seed(0)
-    model = scratch_model(tokenizer).eval()
+    bert_for_masked_lm = scratch_model(tokenizer).eval()
+    torch.manual_seed(0)
+    model = build(tokenizer).eval()
     ids = torch.randint(1000, 30000, (4, 128))
     inputs, labels = mask_tokens(ids, MaskingSpec.from_tokenizer(tokenizer, 0.3))
-    reference = model(input_ids=inputs, labels=labels).loss
+    reference = bert_for_masked_lm(input_ids=inputs, labels=labels).loss
     reference.backward()
-    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    expected = {n: p.grad.clone() for n, p in bert_for_masked_lm.named_parameters()}
     model.zero_grad()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = MaskedLMObjective(model, max_predictions(inputs.numel(), 0.3))(inputs, labels)
