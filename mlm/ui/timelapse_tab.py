@@ -66,11 +66,13 @@ class TimelapseHandlers:
         index = 0 if int(index or 0) >= count - 1 else int(index or 0)
         return *player(index < count - 1), index, *self.timelapse_show(text, top_k, run, index, history)
 
-    def timelapse_next(self, text: str, top_k, run: str | None, index, history: dict) -> tuple:
-        """A tick of a playing player: the slider one snapshot on and that snapshot shown; at the last snapshot
-        the player stops. While it plays on, the player's state is left alone, so a Pause pressed during this
-        tick stands."""
+    def timelapse_next(self, text: str, top_k, run: str | None, playing: bool, index, history: dict) -> tuple:
+        """A tick of the player: the slider one snapshot on and that snapshot shown; at the last snapshot the player
+        stops. A tick sent before a Pause but answered after it (they share a queue) finds the player paused (the
+        state is the server's) and changes nothing; while it plays on, the player's state is left alone."""
         last = len(history.get("snapshots", [])) - 1
+        if not playing:
+            return (gr.skip(),) * 10
         index = min(int(index or 0) + 1, max(last, 0))
         stop = player(False) if index >= last else (gr.skip(),) * 3
         return (*stop, index, *self.timelapse_show(text, top_k, run, index, history))
@@ -112,6 +114,6 @@ def build(app, demo: gr.Blocks) -> dict:
     player_outputs = [playing, frames, play, snapshot, *outputs]
     play.click(app.timelapse_play, [text, top_k, run, playing, snapshot, history], player_outputs,
                api_visibility="private", concurrency_id="inference")
-    frames.tick(app.timelapse_next, [text, top_k, run, snapshot, history], player_outputs,
+    frames.tick(app.timelapse_next, [text, top_k, run, playing, snapshot, history], player_outputs,
                 api_visibility="private", concurrency_id="inference", show_progress="hidden")
     return {"run": run, "snapshot": snapshot}
