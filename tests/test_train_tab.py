@@ -13,7 +13,8 @@ import torch
 
 from conftest import WIKITEXT_DIR
 from mlm.model import load_model
-from mlm.runs import TrainRequest, launcher, run_status
+from mlm.runs import launcher, run_status
+from mlm.train_request import TrainRequest
 from mlm.ui import DemoApp, build_demo, training_allowed
 
 START_FORM = dict(preset="scratch", source="folder", data_dir=str(WIKITEXT_DIR), upload=None, epochs=1, lr=5e-4,
