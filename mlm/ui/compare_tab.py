@@ -130,10 +130,12 @@ class CompareHandlers:
         return [notes_markdown(answers), self.card(model), *column(answers[0], text, top_k, hide or [])]
 
 
-def guesses_table(**options) -> gr.Dataframe:
-    """The top-k table, rows as `column` writes them (Compare's sides and the Time-lapse tab)."""
+def guesses_table(elem_id: str, classes: tuple[str, ...] = ()) -> gr.Dataframe:
+    """The top-k table, rows as `column` writes them (Compare's sides and the Time-lapse tab); on a phone it
+    drops its last column, "in the sentence" (the `guesses` class: see common.CSS)."""
     return gr.Dataframe(headers=["guess", "prob.", "mask", "in the sentence"], label="Top-k guesses",
-                        datatype=["str", "str", "number", "str"], interactive=False, wrap=True, **options)
+                        datatype=["str", "str", "number", "str"], interactive=False, wrap=True, elem_id=elem_id,
+                        elem_classes=["guesses", *classes])
 
 
 def side_row(make) -> list:
@@ -176,7 +178,7 @@ def build(app, demo: gr.Blocks) -> dict:
                                               elem_classes="answer"))
     charts = side_row(lambda side: gr.Plot(show_label=False, elem_id=f"{side}-chart",
                                             elem_classes="answer"))
-    tables = side_row(lambda side: guesses_table(elem_id=f"{side}-table", elem_classes="answer"))
+    tables = side_row(lambda side: guesses_table(f"{side}-table", ("answer",)))
     tokens = side_row(lambda side: gr.HighlightedText(label="WordPiece tokens (## continues a word)",
                                                       show_legend=True, show_inline_category=False,
                                                       color_map={"[MASK]": "orange", "## piece": "lightblue"},

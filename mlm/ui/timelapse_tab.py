@@ -99,7 +99,7 @@ def build(app, demo: gr.Blocks) -> dict:
             tokens = gr.HighlightedText(label="WordPiece tokens", show_legend=False, show_inline_category=False,
                                         color_map={"[MASK]": "orange", "## piece": "lightblue"})
             chart = gr.Plot(label="Top-k at this snapshot")
-            table = guesses_table(elem_id="timelapse-table")
+            table = guesses_table("timelapse-table")
         with gr.Column(scale=3):
             trend = gr.Plot(label="The final guesses over training", elem_id="timelapse-history")
     outputs = [shown, filled, tokens, chart, table, trend]
