@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from conftest import running_app
-from test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, page  # noqa: F401 - `page` is the fixture used below
+from test_e2e_browser import SCREENSHOTS, page  # noqa: F401 - `page` is the fixture used below
 
 VIEWS = ("candidates", "layers", "attention", "surprise", "training")
 WAIT = 60_000  # the first visit loads both models; a busy 2-core machine answers the tab's views one after another
@@ -81,13 +81,13 @@ def test_the_views_follow_what_the_teacher_does(explain):
         expect(explain.locator(f"#{side}-candidates-note")).to_contain_text("no [MASK]")
 
 
-def test_a_new_run_appears_in_the_explain_pickers_without_a_reload(tmp_path):
+def test_a_new_run_appears_in_the_explain_pickers_without_a_reload(explain, tmp_path):
     """A teacher keeps the Explain tab open while a run lands in checkpoints/: both pickers offer it within a few
-    timer ticks, and picking it explains it (here a broken copy: the view says so)."""
+    timer ticks, and picking it explains it (here a broken copy: the view says so). Its own app on an empty
+    checkpoints folder, in the module's browser (one Playwright per process)."""
     (tmp_path / "checkpoints").mkdir()
-    with running_app(tmp_path / "checkpoints", tmp_path / "app.log") as (url, _), sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    with running_app(tmp_path / "checkpoints", tmp_path / "app.log") as (url, _):
+        page = explain.context.browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)
         page.get_by_role("tab", name="Explain").click()
         expect(page.locator("#left-candidates-note")).to_contain_text("⚠️", timeout=WAIT)  # no model yet
@@ -102,4 +102,4 @@ def test_a_new_run_appears_in_the_explain_pickers_without_a_reload(tmp_path):
         option.click()
         expect(page.locator("#explain-left-model input")).to_have_value("new-run")
         expect(page.locator("#left-candidates-note")).to_contain_text("cannot load the checkpoint", timeout=WAIT)
-        browser.close()
+        page.close()
