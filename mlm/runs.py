@@ -8,12 +8,12 @@ SIGTERM, on which the trainer abandons a validation pass or finishes its step an
 
 One job runs at a time, also across app restarts: a lock file in the checkpoints folder names the job's process,
 so an app started while a job still runs (after a crash of the previous one) shows it and can stop it instead of
-starting a second beside it; an app that is ended (SIGTERM, Ctrl-C, normal exit) stops its job first.
+starting a second beside it; an app that is ended (SIGTERM, Ctrl-C, normal exit) stops its job first
+(mlm/job_shutdown.py). What a job is asked to train is a TrainRequest (mlm/train_request.py).
 """
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import re
@@ -23,66 +23,24 @@ import subprocess
 import sys
 import threading
 import time
-import weakref
-from dataclasses import dataclass
 from pathlib import Path
 
 from mlm.checkpoint import write_text_atomic
-from mlm.config import PRESETS, config_from_args
+from mlm.config import config_from_args
 from mlm.failures import DISK_ERRORS
 from mlm.hub import UserError
+from mlm.job_shutdown import end_jobs_with_the_app
 from mlm.limits import check_text_file, check_training_bounds
 from mlm.progress import read_progress
 from mlm.run_status import LOG_FILE, RunStatus, run_status, saved_state
+from mlm.train_request import TrainRequest
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent  # where `python -m mlm.train` finds the package
 LOCK_FILE = ".training-job.json"  # in the checkpoints folder: {"pid", "run_dir", "started_at"} of the running job
 UPLOAD_DIR = "upload"  # in a run folder: its copy of an uploaded corpus and that corpus's datasets cache
-DATA_SOURCES = ("hub", "folder", "file")
 TRAINING_NICENESS = 10
 SHUTDOWN_WAIT_S = 8  # an app being ended waits this long for its job's checkpoint (Docker kills after 10 s)
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
-@dataclass
-class TrainRequest:
-    """What the Train tab's form asks for; `arguments` turns it into the CLI's arguments."""
-    preset: str = "scratch"
-    data_source: str = "folder"  # hub | folder | file
-    data_dir: str = ""
-    text_file: str = ""
-    epochs: float | None = 1.0  # None keeps the preset's, like every optional field below
-    lr: float | None = None
-    batch_size: int | None = None
-    max_train_blocks: int | None = None
-    max_minutes: float | None = None
-    max_eval_blocks: int | None = None  # validation is the slow part of a CPU demo
-    time_budget: float | None = None  # minutes from Start; the LR schedule decays to 0 by then (mlm/schedule.py)
-    snapshots: int | None = None  # weight snapshots for the Time-lapse tab (mlm/snapshots.py)
-    log_every: int = 10  # a live demo wants a point every few seconds, not the CLI's 50 steps
-    name: str = ""  # the run folder's name; empty: <preset>-<date>-<time>
-
-    def arguments(self, output_dir: Path) -> list[str]:
-        if self.preset not in PRESETS:
-            raise UserError(f"Unknown preset '{self.preset}'; choose one of {', '.join(PRESETS)}.")
-        arguments = ["--preset", self.preset, "--output-dir", str(output_dir), "--log-every", str(self.log_every)]
-        if self.data_source == "folder":
-            if not self.data_dir or not Path(self.data_dir).is_dir():
-                raise UserError(f"The data folder '{self.data_dir}' does not exist.")
-            arguments += ["--data-dir", self.data_dir]
-        elif self.data_source == "file":
-            if not self.text_file or not Path(self.text_file).is_file():
-                raise UserError("Upload a plain-text file to train on first.")
-            arguments += ["--text-file", self.text_file]
-        elif self.data_source != "hub":
-            raise UserError(f"Unknown data source '{self.data_source}'; choose one of {', '.join(DATA_SOURCES)}.")
-        optional = {"--epochs": self.epochs, "--lr": self.lr, "--batch-size": self.batch_size, "--max-train-blocks": self.max_train_blocks,
-                    "--max-minutes": self.max_minutes, "--max-eval-blocks": self.max_eval_blocks,
-                    "--time-budget": self.time_budget, "--snapshots": self.snapshots}
-        for flag, value in optional.items():
-            if value is not None:
-                arguments += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
-        return arguments
 
 
 def launcher() -> list[str]:
@@ -282,33 +240,3 @@ def disk_error(error: OSError) -> Exception:
         return UserError(f"Cannot write the run folder: {error.strerror}. Free some space or make the checkpoints "
                          f"folder writable.")
     return error
-
-
-# An app that ends stops its jobs first (atexit), and so does one ended by SIGTERM (a Space stopping, `kill`), where
-# Python would skip atexit and leave the trainer running: the handler stops them, then lets the signal do what it
-# did before.
-_LIVE_JOBS: "weakref.WeakSet[TrainingJobs]" = weakref.WeakSet()
-_previous_sigterm = None
-
-
-@atexit.register
-def shutdown_all() -> None:
-    for jobs in list(_LIVE_JOBS):
-        jobs.shutdown()
-
-
-def end_jobs_with_the_app(jobs: TrainingJobs) -> None:
-    global _previous_sigterm
-    _LIVE_JOBS.add(jobs)
-    if _previous_sigterm is None and threading.current_thread() is threading.main_thread():
-        _previous_sigterm = signal.getsignal(signal.SIGTERM) or signal.SIG_DFL
-        signal.signal(signal.SIGTERM, _stop_jobs_then_terminate)
-
-
-def _stop_jobs_then_terminate(signum, frame) -> None:
-    shutdown_all()
-    signal.signal(signal.SIGTERM, _previous_sigterm)
-    if callable(_previous_sigterm):
-        _previous_sigterm(signum, frame)
-    else:
-        os.kill(os.getpid(), signal.SIGTERM)

@@ -172,6 +172,11 @@ def test_on_a_phone_both_answers_are_side_by_side(browser, shipped_server):
         assert abs(boxes["left"]["y"] - boxes["right"]["y"]) < 844  # both top-1 guesses on one screen
         tables = {side: phone.locator(f"#{side}-table").bounding_box() for side in SIDES}
         assert tables["left"]["x"] + tables["left"]["width"] <= tables["right"]["x"]  # next to each other
+        for side in SIDES:  # each table fits its half: no sideways scrolling, "in the sentence" left out
+            viewport = phone.locator(f"#{side}-table .virtual-table-viewport")
+            assert viewport.evaluate("v => v.scrollWidth <= v.clientWidth"), side
+            expect(phone.locator(f"#{side}-table [role=columnheader]", has_text="in the sentence")).to_be_hidden()
+            expect(phone.locator(f"#{side}-table [role=columnheader]", has_text="prob.")).to_be_visible()
         phone.screenshot(path=str(SCREENSHOTS / "compare-phone.png"), full_page=True)
     finally:
         phone.close()

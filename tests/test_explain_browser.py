@@ -7,6 +7,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
+from conftest import running_app
 from test_e2e_browser import SCREENSHOTS, page  # noqa: F401 - `page` is the fixture used below
 
 VIEWS = ("candidates", "layers", "attention", "surprise", "training")
@@ -78,3 +79,27 @@ def test_the_views_follow_what_the_teacher_does(explain):
     for side in ("left", "right"):
         expect(explain.locator(f"#{side}-layers-note")).to_contain_text("no [MASK]", timeout=WAIT)
         expect(explain.locator(f"#{side}-candidates-note")).to_contain_text("no [MASK]")
+
+
+def test_a_new_run_appears_in_the_explain_pickers_without_a_reload(explain, tmp_path):
+    """A teacher keeps the Explain tab open while a run lands in checkpoints/: both pickers offer it within a few
+    timer ticks, and picking it explains it (here a broken copy: the view says so). Its own app on an empty
+    checkpoints folder, in the module's browser (one Playwright per process)."""
+    (tmp_path / "checkpoints").mkdir()
+    with running_app(tmp_path / "checkpoints", tmp_path / "app.log") as (url, _):
+        page = explain.context.browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        page.get_by_role("tab", name="Explain").click()
+        expect(page.locator("#left-candidates-note")).to_contain_text("⚠️", timeout=WAIT)  # no model yet
+        run = tmp_path / "checkpoints" / "new-run"
+        run.mkdir()
+        (run / "config.json").write_text("{}")
+        (run / "model.safetensors").write_bytes(b"not a safetensors file")
+        for side in ("right", "left"):  # (the left's list stays open)
+            page.locator(f"#explain-{side}-model input").click()
+            option = page.locator(f"#explain-{side}-model").get_by_role("option", name="new-run")
+            expect(option).to_be_visible(timeout=30_000)
+        option.click()
+        expect(page.locator("#explain-left-model input")).to_have_value("new-run")
+        expect(page.locator("#left-candidates-note")).to_contain_text("cannot load the checkpoint", timeout=WAIT)
+        page.close()

@@ -18,7 +18,7 @@ from mlm.data import load_corpus
 from mlm.failures import one_line_error
 from mlm.progress import ProgressWriter, evaluations_expected, read_progress
 from mlm.run_status import run_status
-from mlm.runs import TrainRequest
+from mlm.train_request import TrainRequest
 from mlm.ui import DemoApp
 from mlm.ui.train_tab import status_markdown, upload_limit
 

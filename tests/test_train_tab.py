@@ -13,7 +13,8 @@ import torch
 
 from conftest import WIKITEXT_DIR
 from mlm.model import load_model
-from mlm.runs import TrainRequest, launcher, run_status
+from mlm.runs import launcher, run_status
+from mlm.train_request import TrainRequest
 from mlm.ui import DemoApp, build_demo, training_allowed
 
 START_FORM = dict(preset="scratch", source="folder", data_dir=str(WIKITEXT_DIR), upload=None, epochs=1, lr=5e-4,
@@ -38,7 +39,7 @@ def local_app(tmp_path, monkeypatch):
 class Page:
     """An open browser page as the timer sees it: the latest value of each output, and its last snapshot."""
 
-    OUTPUTS = ("status", "loss", "perplexity", "csv", "runs", "left", "right", "start")
+    OUTPUTS = ("status", "loss", "perplexity", "csv", "runs", "left", "right", "explain_left", "explain_right", "start")
 
     def __init__(self, app: DemoApp):
         self.app, self.last, self.selected = app, app.snapshot(), []
@@ -60,6 +61,9 @@ class Page:
         raise AssertionError(f"timed out; last status: {self.app.training_status()}")
 
 
+PICKERS = ("left", "right", "explain_left", "explain_right")
+
+
 def train_points(shown: dict, run: str) -> int:
     return sum(len(t.x) for t in shown["loss"].data if t.name == f"{run}: train") if shown["loss"] else 0
 
@@ -79,7 +83,7 @@ def test_start_watch_stop_and_pick_a_run(local_app):
     assert " / 500 |" in shown["status"]  # 4,000 blocks in batches of 8
     assert shown["start"]["interactive"] is False  # Start is off while a run trains
     assert run in shown["runs"]["value"]  # a new run is plotted without being picked
-    assert shown["left"] is None  # the model pickers are left alone while nothing new can be picked
+    assert all(shown[picker] is None for picker in PICKERS)  # left alone while nothing new can be picked
     first_points = train_points(shown, run)
     page.tick_until(lambda s: train_points(s, run) > first_points)  # the curve grows
 
@@ -87,7 +91,7 @@ def test_start_watch_stop_and_pick_a_run(local_app):
     assert app.jobs.wait(300) == 0
     shown = page.tick_until(lambda s: "stopped" in s["status"])
     assert "resumable checkpoint" in shown["status"]
-    assert run in shown["left"]["choices"] and run in shown["right"]["choices"]  # both model pickers offer it
+    assert all(run in shown[picker]["choices"] for picker in PICKERS)  # Compare's and Explain's pickers offer it
     assert shown["start"]["interactive"] is True
     state = json.loads((app.jobs.run_dir / "training_state" / "state.json").read_text())
     assert 0 < state["step"] < state["total_steps"] and not state["finished"]
@@ -190,6 +194,20 @@ def test_a_run_stopped_under_accelerate_launch_counts_as_stopped_not_failed(tmp_
     status = run_status(tmp_path, exit_code=1, stop_requested=True)
     assert (status.state, status.step, status.total_steps, status.eta_s) == ("stopped", 10, 20, None)
     assert run_status(tmp_path, exit_code=1).state == "failed"  # not asked to stop: a real failure
+
+
+def test_a_run_copied_into_checkpoints_reaches_every_model_picker(local_app):
+    """A run that appears without the Train tab (copied in by a teacher, or trained from the command line) is
+    offered by Compare's and Explain's pickers at the next tick, and only then."""
+    page = Page(local_app)
+    page.tick_until(lambda s: True)
+    assert all(page.shown[picker] is None for picker in PICKERS)
+    run = local_app.checkpoints_dir / "copied-run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "model.safetensors").write_bytes(b"weights")  # offered by its files; loading would check them
+    shown = page.tick_until(lambda s: s["explain_left"] is not None, timeout_s=30)
+    assert all(shown[picker]["choices"] == ["copied-run"] for picker in PICKERS)
 
 
 def test_stop_from_the_app_reaches_every_process_of_a_multi_process_run(local_app, monkeypatch):

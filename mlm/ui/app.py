@@ -24,6 +24,7 @@ from mlm.ui.common import training_allowed
 
 TICK_SECONDS = 2.0
 SNAPSHOT_SECONDS = 1.0  # however many pages tick, the server looks at the disk at most once a second
+MODEL_PICKERS = 4  # Compare's and Explain's left and right model pickers: all offer the same models
 
 
 class DemoApp(compare_tab.CompareHandlers, train_tab.TrainHandlers, curves_tab.CurvesHandlers,
@@ -80,7 +81,7 @@ class DemoApp(compare_tab.CompareHandlers, train_tab.TrainHandlers, curves_tab.C
             status_outputs = (status, gr.update(interactive=training_allowed() and not self.jobs.running()))
         else:
             status_outputs = (gr.skip(), gr.skip())
-        return (status_outputs[0], *curves, pickers, pickers, status_outputs[1], now)
+        return (status_outputs[0], *curves, *(pickers,) * MODEL_PICKERS, status_outputs[1], now)
 
 
 def build_demo(app: DemoApp) -> gr.Blocks:
@@ -94,7 +95,7 @@ def build_demo(app: DemoApp) -> gr.Blocks:
         with gr.Tab("Curves") as curves_page:
             curves = curves_tab.build(app, demo, curves_page)
         with gr.Tab("Explain") as tab:
-            explain_tab.build(app, tab)
+            explain = explain_tab.build(app, tab)
         with gr.Tab("Time-lapse"):
             timelapse_tab.build(app, demo)
 
@@ -105,7 +106,7 @@ def build_demo(app: DemoApp) -> gr.Blocks:
         gr.Timer(TICK_SECONDS).tick(
             app.tick, [curves["run_picker"], curves["x_axis"], last_seen],
             [train["status"], curves["loss_plot"], curves["perplexity_plot"], curves["csv"], curves["run_picker"],
-             compare["left"], compare["right"], train["start"], last_seen],
+             compare["left"], compare["right"], explain["left"], explain["right"], train["start"], last_seen],
             # Silent (no progress overlay on any output), and in its own small group: ticks are cheap (see
             # snapshot) and never wait behind, nor hold up, a prediction.
             api_visibility="private", concurrency_id="status", concurrency_limit=2, show_progress="hidden",

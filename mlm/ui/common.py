@@ -7,7 +7,17 @@ import os
 
 from mlm.hub import UserError
 
-CSS = ".mask-note {opacity: 0.8; font-size: 0.9em} .answers-stale .answer {opacity: 0.35}"
+CSS = ".mask-note {opacity: 0.8; font-size: 0.9em} .answers-stale .answer {opacity: 0.35}" + """
+@media (max-width: 640px) {
+  .guesses .sizing-body, .guesses [data-heading="3"], .guesses [data-col="3"] {display: none}
+  .guesses .header-table, .guesses .virtual-body {width: 100% !important}
+  .guesses th, .guesses .body-cell {min-width: 0 !important; max-width: none !important; overflow-wrap: anywhere}
+  .guesses .header-table, .guesses .body-cell span {font-size: 12px}
+  .guesses .cell-wrap, .guesses .body-cell, .guesses .body-cell span {padding-left: 1px !important; padding-right: 1px !important}
+  .guesses [data-heading="0"], .guesses [data-col="0"] {flex: 0 0 47% !important; width: 47% !important}
+  .guesses [data-heading="1"], .guesses [data-col="1"] {flex: 0 0 29% !important; width: 29% !important}
+  .guesses [data-heading="2"], .guesses [data-col="2"] {flex: 0 0 24% !important; width: 24% !important}
+}"""  # on a phone a top-k table (guesses_table) drops "in the sentence" and fits its half of the screen
 
 
 def training_allowed() -> bool:

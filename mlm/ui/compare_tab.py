@@ -130,6 +130,14 @@ class CompareHandlers:
         return [notes_markdown(answers), self.card(model), *column(answers[0], text, top_k, hide or [])]
 
 
+def guesses_table(elem_id: str, classes: tuple[str, ...] = ()) -> gr.Dataframe:
+    """The top-k table, rows as `column` writes them (Compare's sides and the Time-lapse tab); on a phone it
+    drops its last column, "in the sentence" (the `guesses` class: see common.CSS)."""
+    return gr.Dataframe(headers=["guess", "prob.", "mask", "in the sentence"], label="Top-k guesses",
+                        datatype=["str", "str", "number", "str"], interactive=False, wrap=True, elem_id=elem_id,
+                        elem_classes=["guesses", *classes])
+
+
 def side_row(make) -> list:
     """One row holding the same component for both sides, next to each other even on a phone (each side gets
     half the width), so a student compares the two answers without scrolling from one to the other."""
@@ -170,10 +178,7 @@ def build(app, demo: gr.Blocks) -> dict:
                                               elem_classes="answer"))
     charts = side_row(lambda side: gr.Plot(show_label=False, elem_id=f"{side}-chart",
                                             elem_classes="answer"))
-    tables = side_row(lambda side: gr.Dataframe(headers=["guess", "prob.", "mask", "in the sentence"],
-                                                label="Top-k guesses", datatype=["str", "str", "number", "str"],
-                                                interactive=False, wrap=True, elem_id=f"{side}-table",
-                                                elem_classes="answer"))
+    tables = side_row(lambda side: guesses_table(f"{side}-table", ("answer",)))
     tokens = side_row(lambda side: gr.HighlightedText(label="WordPiece tokens (## continues a word)",
                                                       show_legend=True, show_inline_category=False,
                                                       color_map={"[MASK]": "orange", "## piece": "lightblue"},

@@ -1,4 +1,5 @@
-"""The Time-lapse tab: pick a run with snapshots, move the slider, and watch its guesses form over training."""
+"""The Time-lapse tab: pick a run with snapshots, move the slider (or press Play), and watch its guesses form over
+training."""
 
 from __future__ import annotations
 
@@ -8,10 +9,18 @@ from mlm.checkpoint import read_metrics
 from mlm.predict import MAX_TOP_K
 from mlm.timelapse_figure import history_figure
 from mlm.ui.common import escape
-from mlm.ui.compare_tab import EXAMPLES, column
+from mlm.ui.compare_tab import EXAMPLES, column, guesses_table
 
 STORY = ("Slide through the training of a run: at first the model guesses at random; then, on the loss plateau "
-         "near 6, only frequent words (*the*, *,*, *.*) whatever the sentence; then it starts to use the context.")
+         "near 6, only frequent words (*the*, *,*, *.*) whatever the sentence; then it starts to use the context. "
+         "**Play** steps through every snapshot.")
+PLAY, PAUSE = "▶ Play", "⏸ Pause"
+FRAME_SECONDS = 1.0  # Play shows a snapshot a second: long enough to read the top guesses
+
+
+def player(playing: bool) -> tuple:
+    """(playing state, timer, button) for a player that plays or stands still."""
+    return playing, gr.Timer(active=playing), gr.Button(PAUSE if playing else PLAY)
 
 
 def caption(snapshot: dict, index: int, count: int) -> str:
@@ -47,6 +56,27 @@ class TimelapseHandlers:
         return (caption(snapshot, index, len(snapshots)), *column(answer, text, int(top_k), []),
                 history_figure(history, valid, snapshot["step"]))
 
+    def timelapse_play(self, text: str, top_k, run: str | None, playing: bool, index, history: dict) -> tuple:
+        """The Play button: (playing, timer, button, slider, *shown). Pauses a playing player, showing nothing new;
+        otherwise shows the slider's snapshot, or the first one when the slider is at the last (as a video
+        restarts), and plays on from there. In the same queue as the ticks, so it never overtakes one."""
+        count = len(history.get("snapshots", []))
+        if playing or count == 0:
+            return *player(False), *(gr.skip(),) * 7
+        index = 0 if int(index or 0) >= count - 1 else int(index or 0)
+        return *player(index < count - 1), index, *self.timelapse_show(text, top_k, run, index, history)
+
+    def timelapse_next(self, text: str, top_k, run: str | None, playing: bool, index, history: dict) -> tuple:
+        """A tick of the player: the slider one snapshot on and that snapshot shown; at the last snapshot the player
+        stops. A tick sent before a Pause but answered after it (they share a queue) finds the player paused (the
+        state is the server's) and changes nothing; while it plays on, the player's state is left alone."""
+        last = len(history.get("snapshots", [])) - 1
+        if not playing:
+            return (gr.skip(),) * 10
+        index = min(int(index or 0) + 1, max(last, 0))
+        stop = player(False) if index >= last else (gr.skip(),) * 3
+        return (*stop, index, *self.timelapse_show(text, top_k, run, index, history))
+
 
 def build(app, demo: gr.Blocks) -> dict:
     """Lay out the tab inside an open gr.Tab."""
@@ -56,8 +86,11 @@ def build(app, demo: gr.Blocks) -> dict:
                           elem_id="timelapse-text")
         run = gr.Dropdown([], label="Run with snapshots", scale=2, elem_id="timelapse-run")
         top_k = gr.Slider(1, MAX_TOP_K, value=5, step=1, label="Top-k guesses", scale=1)
-    snapshot = gr.Slider(0, 1, value=0, step=1, label="Snapshot (oldest to newest)", interactive=False,
-                         elem_id="timelapse-step")
+    with gr.Row(equal_height=True):
+        snapshot = gr.Slider(0, 1, value=0, step=1, label="Snapshot (oldest to newest)", interactive=False,
+                             elem_id="timelapse-step", scale=6)
+        play = gr.Button(PLAY, scale=1, min_width=100, elem_id="timelapse-play")
+    playing, frames = gr.State(False), gr.Timer(FRAME_SECONDS, active=False)
     shown = gr.Markdown("", elem_id="timelapse-caption")
     history = gr.State({})
     with gr.Row(equal_height=False):
@@ -66,9 +99,7 @@ def build(app, demo: gr.Blocks) -> dict:
             tokens = gr.HighlightedText(label="WordPiece tokens", show_legend=False, show_inline_category=False,
                                         color_map={"[MASK]": "orange", "## piece": "lightblue"})
             chart = gr.Plot(label="Top-k at this snapshot")
-            table = gr.Dataframe(headers=["#", "guess", "prob.", "in the sentence"], label="Top-k guesses",
-                                 datatype=["number", "str", "str", "str"], interactive=False, wrap=True,
-                                 elem_id="timelapse-table")
+            table = guesses_table("timelapse-table")
         with gr.Column(scale=3):
             trend = gr.Plot(label="The final guesses over training", elem_id="timelapse-history")
     outputs = [shown, filled, tokens, chart, table, trend]
@@ -80,4 +111,9 @@ def build(app, demo: gr.Blocks) -> dict:
                 concurrency_id="inference").then(**show)
     snapshot.release(**show)
     top_k.release(**show)
+    player_outputs = [playing, frames, play, snapshot, *outputs]
+    play.click(app.timelapse_play, [text, top_k, run, playing, snapshot, history], player_outputs,
+               api_visibility="private", concurrency_id="inference")
+    frames.tick(app.timelapse_next, [text, top_k, run, playing, snapshot, history], player_outputs,
+                api_visibility="private", concurrency_id="inference", show_progress="hidden")
     return {"run": run, "snapshot": snapshot}

@@ -13,7 +13,9 @@ from mlm.config import PRESETS
 from mlm.estimate import estimate
 from mlm.hub import UserError, hub_reachable
 from mlm.limits import max_upload_bytes
-from mlm.runs import PROJECT_DIR, RunStatus, TrainRequest
+from mlm.run_status import RunStatus
+from mlm.runs import PROJECT_DIR
+from mlm.train_request import TrainRequest
 from mlm.ui.common import duration, escape, number, optional, training_allowed
 
 LESSON_MINUTES = 5.0  # "Train for 5 minutes": a --time-budget run that fits a lesson
