@@ -41,7 +41,6 @@ from mlm.model import (
     MaskedLMObjective, add_lora, bert_for_masked_lm, load_lora_weights, parameter_count, pretrained_model,
     resumed_scratch_bert, scratch_bert,
 )
-from mlm.processes import accelerator_for
 from mlm.progress import ProgressWriter, evaluations_expected
 from mlm.run_checkpoints import Checkpointing, machine_name
 from mlm.schedule import schedule_for
@@ -78,6 +77,8 @@ def autocast_dtype(mixed_precision: str, device: torch.device, batch_tokens: int
 
 class Trainer(Checkpointing):
     def __init__(self, config: TrainConfig, resume: bool = False):
+        from accelerate import Accelerator
+
         self.config = config
         self.run_dir = Path(config.output_dir)
         self.resume = resume
@@ -85,7 +86,7 @@ class Trainer(Checkpointing):
             raise UserError(f"{self.run_dir} already holds a run: --resume it or choose another --output-dir")
         if config.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise UserError("--mixed-precision fp16 needs a GPU")
-        self.accelerator = accelerator_for(config.mixed_precision)
+        self.accelerator = Accelerator(mixed_precision="fp16" if config.mixed_precision == "fp16" else "no")
         self.device = self.accelerator.device
         self.is_main = self.accelerator.is_main_process
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores where bf16 is off

@@ -21,7 +21,7 @@ import json, sys
 import mlm.train
 code = mlm.train.main(sys.argv[1:])
 print("IMPORTED " + json.dumps({"rc": code, "transformers": "transformers" in sys.modules,
-                                "datasets": "datasets" in sys.modules, "accelerate": "accelerate" in sys.modules}))
+                                "datasets": "datasets" in sys.modules}))
 """
 
 
@@ -38,12 +38,12 @@ def test_a_scratch_run_and_its_resume_never_import_transformers_and_load_in_fill
     tiny = ["--max-train-blocks", "32", "--max-eval-blocks", "8", "--log-every", "2"]
     first = train_in_a_fresh_process("--preset", "scratch", "--data-dir", str(WIKITEXT_DIR), "--output-dir",
                                      str(run_dir), "--epochs", "1", "--snapshots", "3", *tiny)
-    assert first == {"rc": 0, "transformers": False, "datasets": False, "accelerate": False}
+    assert first == {"rc": 0, "transformers": False, "datasets": False}
     snapshots = json.loads((run_dir / "snapshots" / "manifest.json").read_text())["snapshots"]
     assert snapshots[0]["format"] == "seed"  # the random start was rebuilt from the seed, bit for bit, in-process
 
     resumed = train_in_a_fresh_process("--resume", str(run_dir), "--epochs", "2")
-    assert resumed == {"rc": 0, "transformers": False, "datasets": False, "accelerate": False}
+    assert resumed == {"rc": 0, "transformers": False, "datasets": False}
     assert json.loads((run_dir / STATE_DIR / STATE_FILE).read_text())["step"] == 8
 
     text = "the cat sat on the [MASK] and looked at the garden ."
@@ -53,29 +53,3 @@ def test_a_scratch_run_and_its_resume_never_import_transformers_and_load_in_fill
     with torch.no_grad():
         logits = model(torch.tensor([ids])).logits[0, ids.index(tokenizer.mask_token_id)]
     assert [g["token"] for g in guesses] == logits.topk(5).indices.tolist()
-
-
-def test_the_one_process_stand_in_answers_as_accelerate_does_for_one_process(monkeypatch):
-    """What the trainer asks of its accelerator, from the stand-in and from accelerate itself (one process, CPU)."""
-    from accelerate import Accelerator
-
-    from mlm.processes import SingleProcess, accelerator_for
-
-    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    ours, theirs = accelerator_for("no"), Accelerator(cpu=True)
-    assert isinstance(ours, SingleProcess)
-    assert (ours.num_processes, ours.process_index, ours.is_main_process, ours.device) == \
-        (theirs.num_processes, theirs.process_index, theirs.is_main_process, theirs.device)
-    values = torch.tensor([1.5, -2.0, 4.0])
-    for reduction in ("sum", "mean", "max"):
-        assert torch.equal(ours.reduce(values.clone(), reduction), theirs.reduce(values.clone(), reduction))
-    assert torch.equal(ours.gather(values[None]), theirs.gather(values[None]))
-    grads = []
-    for accelerator in (ours, theirs):
-        weight = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
-        accelerator.backward((weight ** 2).sum())
-        norm = accelerator.clip_grad_norm_([weight], 1.0)
-        grads.append((norm, weight.grad))
-    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
-    # several processes (torchrun sets WORLD_SIZE) get accelerate's own: tests/test_train.py's two-process runs
