@@ -25,7 +25,7 @@ import torch
 from starlette.middleware import Middleware
 
 from mlm.ui import CSS, DemoApp, build_demo
-from mlm.ui.guards import BodyLimit, limit_per_session, set_concurrency
+from mlm.ui.guards import BodyLimit, cheap_sessions, limit_per_session, set_concurrency
 from mlm.ui.train_tab import upload_limit
 
 # fill_mask requests (API and Compare tab) waiting together on the inference worker: its largest batch. The Explain
@@ -57,6 +57,7 @@ def main() -> None:
     set_concurrency(demo, "fill_mask", FILL_MASK_CONCURRENCY)
     demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
     limit_per_session(demo, EVENTS_PER_SESSION)
+    cheap_sessions()
     port = os.environ.get("GRADIO_SERVER_PORT")
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME"), server_port=int(port) if port else None,
                 css=CSS, footer_links=["api"], max_file_size=upload_limit(),  # no uploads where training is off
