@@ -41,8 +41,9 @@ INFERENCE_THREADS = 1
 # forward pass; by default a thread running Python (the event loop) keeps it up to 5 ms before handing it over, so
 # forward passes crawled behind the server's work. Handing over after 0.5 ms raised the closed-loop ceiling.
 GIL_SWITCH_SECONDS = 0.0005
-# Gradio keeps a copy of the page's component configuration per session (about 0.35 MB here, 230 components) for
-# 10,000 sessions by default: 3.5 GB, from anyone sending new session ids. 500 sessions is a class several times over.
+# Gradio keeps each session's state for 10,000 sessions by default, from anyone sending new session ids; with its
+# components' configurations (0.35 MB a session, computed on demand since cheap_sessions) that was 3.5 GB. 500
+# sessions is a class several times over.
 SESSION_CAPACITY = 500
 
 
