@@ -4,9 +4,9 @@
 MLM_CHECKPOINTS_DIR points it at another checkpoints folder (default: checkpoints/ beside this file).
 
 Inference requests share one worker thread (mlm.inference) so two forward passes never fight over the two CPUs of a
-free Space; up to FILL_MASK_CONCURRENCY requests wait on it at once and share its next padded forward pass, and
-torch keeps its default of one thread per core. Training runs in its own lower-priority process, so the page stays
-responsive.
+free Space; up to FILL_MASK_CONCURRENCY requests wait on it at once and share its next padded forward pass. Of the
+two cores, torch gets one (INFERENCE_THREADS) and the web server the other (see GIL_SWITCH_SECONDS for how the two
+threads share Python). Training runs in its own lower-priority process, so the page stays responsive.
 
 A public Space serves a whole class, so nothing one visitor sends may stall it: the queue holds at most QUEUE_SIZE
 events and one session at most EVENTS_PER_SESSION (beyond, "The app is busy: try again in a moment"), request
@@ -17,13 +17,15 @@ to this process's log (stderr).
 
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 
+import torch
 from starlette.middleware import Middleware
 
 from mlm.ui import CSS, DemoApp, build_demo
-from mlm.ui.guards import BodyLimit, limit_per_session, set_concurrency
+from mlm.ui.guards import BodyLimit, cheap_sessions, limit_per_session, set_concurrency
 from mlm.ui.train_tab import upload_limit
 
 # fill_mask requests (API and Compare tab) waiting together on the inference worker: its largest batch. The Explain
@@ -31,10 +33,24 @@ from mlm.ui.train_tab import upload_limit
 FILL_MASK_CONCURRENCY = 16
 QUEUE_SIZE = 128  # events waiting for a worker, all sessions together: about a second of work when batched
 EVENTS_PER_SESSION = 8  # a page opening fires up to 4 events at once (3 loads, a tick); then a few clicks
+# Gradio's event loop (HTTP, queue, event streams) is busy Python under load: with torch's default of a thread per
+# core, its second thread spin-waited for the core the server held (a 12-token sentence took 300 ms instead of 56 on
+# a busy 2-core machine). One thread for torch leaves the server a core.
+INFERENCE_THREADS = 1
+# The inference worker releases the GIL inside each torch op and needs it back after each, hundreds of times a
+# forward pass; by default a thread running Python (the event loop) keeps it up to 5 ms before handing it over, so
+# forward passes crawled behind the server's work. Handing over after 0.5 ms raised the closed-loop ceiling.
+GIL_SWITCH_SECONDS = 0.0005
+# Gradio keeps each session's state for 10,000 sessions by default, from anyone sending new session ids; with its
+# components' configurations (0.35 MB a session, computed on demand since cheap_sessions) that was 3.5 GB. 500
+# sessions is a class several times over.
+SESSION_CAPACITY = 500
 
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(INFERENCE_THREADS)
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     app = DemoApp(os.environ.get("MLM_CHECKPOINTS_DIR", Path(__file__).resolve().parent / "checkpoints"))
     demo = build_demo(app)
     # Load the default models while the server starts, so the first student does not wait for them.
@@ -42,9 +58,11 @@ def main() -> None:
     set_concurrency(demo, "fill_mask", FILL_MASK_CONCURRENCY)
     demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
     limit_per_session(demo, EVENTS_PER_SESSION)
+    cheap_sessions()
     port = os.environ.get("GRADIO_SERVER_PORT")
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME"), server_port=int(port) if port else None,
                 css=CSS, footer_links=["api"], max_file_size=upload_limit(),  # no uploads where training is off
+                state_session_capacity=SESSION_CAPACITY,
                 app_kwargs={"middleware": [Middleware(BodyLimit)]})
 
 

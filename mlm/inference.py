@@ -12,6 +12,8 @@ request waits for nothing, a burst shares forward passes, and two passes never f
 from __future__ import annotations
 
 import threading
+import warnings
+import weakref
 from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -45,12 +47,43 @@ def chunks_by_tokens(lengths: Sequence[int], max_tokens: int = MAX_BATCH_TOKENS)
     return groups
 
 
-def masked_top_k(model, input_ids: Sequence[Sequence[int]], mask_id: int, pad_id: int, k: int) -> list[MaskGuesses]:
+class TracedEncoders:
+    """Each model's encoder traced into one TorchScript graph, once per model object: `encoders(model)(ids, mask)`.
+
+    The inference worker shares Python with the web server's event loop. An eager forward pass comes back to Python
+    (and waits for the GIL) after each of its hundreds of ops, so under load it crawled behind the server's work; a
+    traced one runs the whole pass in C++ without the GIL. Same ops on the same weights (shared, not copied): the
+    same numbers. It is traced on a padded batch, so the attention-mask path is in the graph whatever a batch holds.
+    """
+
+    def __init__(self):
+        self._traced: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def __call__(self, model) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        with self._lock:
+            traced = self._traced.get(model)
+            if traced is None:
+                example = torch.tensor([[1, 2, 3, 4], [1, 2, 0, 0]])
+                with torch.no_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the tracer's notes on Python values it keeps as constants
+                    traced = torch.jit.trace(model.base_model, (example, (example != 0).long()), strict=False,
+                                             check_trace=False)
+                self._traced[model] = traced
+        return lambda ids, attention: traced(ids, attention)["last_hidden_state"]
+
+
+def masked_top_k(model, input_ids: Sequence[Sequence[int]], mask_id: int, pad_id: int, k: int,
+                 encoder: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> list[MaskGuesses]:
     """Top-k guesses at every `mask_id` of each tokenised sentence, from one padded forward pass per chunk.
 
     The encoder runs on all positions, the 30,522-way output layer only at the masks, in float32 softmax: the same
     numbers as the fill-mask pipeline, which computes the output layer everywhere and then picks the masks.
+    `encoder(ids, attention_mask)` gives the last hidden states (default: the model's own encoder, eagerly).
     """
+    if encoder is None:
+        def encoder(ids, attention):
+            return model.base_model(input_ids=ids, attention_mask=attention).last_hidden_state
     results: list[MaskGuesses | None] = [None] * len(input_ids)
     for group in chunks_by_tokens([len(ids) for ids in input_ids]):
         longest = max(len(input_ids[i]) for i in group)
@@ -60,7 +93,7 @@ def masked_top_k(model, input_ids: Sequence[Sequence[int]], mask_id: int, pad_id
             ids[row, : len(input_ids[index])] = torch.tensor(input_ids[index])
             attention[row, : len(input_ids[index])] = 1
         with torch.inference_mode():
-            hidden = model.base_model(input_ids=ids, attention_mask=attention).last_hidden_state
+            hidden = encoder(ids, attention)
             rows, positions = (ids == mask_id).nonzero(as_tuple=True)
             probabilities = model.cls(hidden[rows, positions]).float().softmax(dim=-1)
             scores, token_ids = probabilities.topk(min(k, probabilities.shape[-1]), dim=-1)

@@ -37,7 +37,7 @@ from mlm.checkpoint import METRICS_FILE
 from mlm.checks import (MASK, MAX_MASKS, MAX_TEXT_CHARS, MAX_TOP_K, check_length, check_masked,  # noqa: F401
                         check_sentence, check_text, check_top_k, normalise_masks)
 from mlm.hub import UserError, hub_reachable
-from mlm.inference import LRUCache, MicroBatcher, masked_top_k
+from mlm.inference import LRUCache, MicroBatcher, TracedEncoders, masked_top_k
 from mlm.model import load_model, weights_file
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ class ModelRegistry:
         self._load_lock = threading.Lock()
         self._answers = LRUCache(ANSWER_CACHE_SIZE)  # (name, version, text, top_k) -> answer
         self._batcher = MicroBatcher(self._run_batch)
+        self._encoders = TracedEncoders()
 
     # ------------------------------------------------------------------------------------------------------------
     # Which models exist
@@ -220,7 +221,8 @@ class ModelRegistry:
                     except UserError as error:
                         results[i] = error
                 guesses = masked_top_k(model, [ids for _, ids in fits], tokenizer.mask_token_id,
-                                       tokenizer.pad_token_id, max((requests[i][2] for i, _ in fits), default=1))
+                                       tokenizer.pad_token_id, max((requests[i][2] for i, _ in fits), default=1),
+                                       self._encoders(model))
                 for (i, _), guess in zip(fits, guesses):
                     results[i] = self.answer_from(name, tokenizer, requests[i][1], requests[i][2], guess)
             except Exception as error:  # noqa: BLE001 - one failing model errors only its own requests

@@ -17,11 +17,11 @@ from gradio_client import Client
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, pipeline
 
 from conftest import LORA_NAME, SCRATCH_NAME
-from mlm.inference import MicroBatcher, chunks_by_tokens, masked_top_k
+from mlm.inference import MicroBatcher, TracedEncoders, chunks_by_tokens, masked_top_k
 from mlm.model import load_model
 from mlm.predict import MAX_TEXT_CHARS, ModelRegistry
-from mlm.ui import DemoApp
-from mlm.ui.guards import BUSY_MESSAGE, TOO_LARGE_MESSAGE, limit_per_session
+from mlm.ui import DemoApp, build_demo
+from mlm.ui.guards import BUSY_MESSAGE, TOO_LARGE_MESSAGE, cheap_sessions, limit_per_session
 
 # A class name (SafetensorError, AttributeError, ...) or a path of the server in a message meant for a visitor.
 INTERNALS = re.compile(r"\b\w*(Error|Exception)\b|/tmp/|/work/|/home/|/root/")
@@ -198,6 +198,21 @@ def test_a_padded_batch_gives_each_sentence_its_pipeline_scores(registry, name):
             assert row.tolist() == pytest.approx([e["score"] for e in per_mask], abs=1e-4)
 
 
+@pytest.mark.parametrize("name", [SCRATCH_NAME, LORA_NAME])
+def test_the_traced_encoder_gives_the_eager_numbers_padded_or_not(registry, name):
+    model, tokenizer = registry.load(name)
+    encoders = TracedEncoders()
+    encoded = [tokenizer(text)["input_ids"] for text in SENTENCES]
+    for batch in (encoded, encoded[:1], encoded[1:2]):  # padded, and single sentences (an all-ones attention mask)
+        eager = masked_top_k(model, batch, tokenizer.mask_token_id, tokenizer.pad_token_id, 5)
+        traced = masked_top_k(model, batch, tokenizer.mask_token_id, tokenizer.pad_token_id, 5, encoders(model))
+        for mine, reference in zip(traced, eager, strict=True):
+            assert mine.positions == reference.positions
+            assert torch.equal(mine.token_ids, reference.token_ids)
+            assert torch.allclose(mine.scores, reference.scores, atol=1e-6)
+    assert encoders(model) and len(encoders._traced) == 1  # traced once per model
+
+
 def test_concurrent_requests_share_forward_passes_and_get_their_own_answers(app_project):
     registry = ModelRegistry(app_project / "checkpoints")
     alone = {text: registry.answer(SCRATCH_NAME, text, 3) for text in SENTENCES}
@@ -265,3 +280,19 @@ def test_batches_of_long_sentences_are_split_to_bound_attention_memory():
     assert sorted(i for group in groups for i in group) == list(range(len(lengths)))
     assert all(len(group) * max(lengths[i] for i in group) <= 1024 for group in groups)
     assert groups[0] == [1, 4, 2]  # the short ones together
+
+
+def test_a_cheap_session_configures_components_on_demand_and_gives_gradios_configurations(app_project, monkeypatch):
+    from gradio import state_holder
+
+    demo = build_demo(DemoApp(app_project / "checkpoints"))
+    monkeypatch.setattr(state_holder, "SessionState", state_holder.SessionState)  # undone after the test
+    gradios = state_holder.SessionState(demo)
+    cheap_sessions()
+    session = state_holder.SessionState(demo)
+    assert dict.__len__(session.config_values) == 0  # nothing configured up front
+    some_key = next(iter(demo.blocks))
+    session._update_value_in_config(some_key, "changed")  # one component, as Gradio asks for it
+    assert dict.__len__(session.config_values) == 1
+    gradios._update_value_in_config(some_key, "changed")
+    assert list(session.components) == list(gradios.components) and len(list(session.components)) == len(demo.blocks)
