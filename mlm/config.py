@@ -119,9 +119,9 @@ PRESETS: dict[str, dict] = {
     # Validation loss 3.5 inside a minute, and a better model to ship.
     "fast-long": dict(lr=2e-3, epochs=36, warmup_ratio=0.06, **_FAST_BASE),
     # A lesson-sized run on a laptop CPU: 5 minutes from start (--time-budget 10 for ten), the LR schedule laid over
-    # that time. A 2-core CPU does about 2 epochs in 10 minutes at any batch size; with Hugging Face's init no
-    # recipe left the plateau in that (12 tried, 6.08 - 6.84); with the mimetic init batch 16 reaches 4.7
-    # (10-minute step counts replayed on an H200; the CPU runs: benchmarks/results_cpu_budget.md).
+    # that time. A 2-core CPU does 1.4 - 2 epochs in 10 minutes at any batch size; replayed at those step counts on
+    # an H200, no recipe left the plateau with Hugging Face's init (12 tried, 6.08 - 6.84), batch 16 with the
+    # mimetic init did. On the 2-core CPU itself: 5.02 after 10 minutes (benchmarks/results_cpu_budget.md).
     "budget": dict(time_budget=5.0, lr=1e-3, epochs=100, batch_size=16, eval_batch_size=64, warmup_ratio=0.2,
                    weight_decay=0.01, adam_betas=(0.9, 0.98), mask_probability=0.3, dropout=0.0, init="mimetic",
                    log_every=10),

@@ -21,7 +21,7 @@ import torch
 from mlm.config import preset_config
 from mlm.data import MaskingSpec, fixed_validation_masks, load_tokenizer, mask_tokens, max_predictions
 from mlm.hub import offline_stand_in
-from mlm.model import MaskedLMObjective, pretrained_model, scratch_model
+from mlm.model import MaskedLMObjective, pretrained_model, scratch_bert
 from mlm.progress import evaluations_expected
 from mlm.step import build_optimizer
 
@@ -63,7 +63,7 @@ def measured_speed(preset: str) -> tuple[float, float, float]:
     config = preset_config(preset)
     tokenizer = load_tokenizer(config.tokenizer)
     model = (pretrained_model(offline_stand_in(config.pretrained), config.dropout) if config.pretrained
-             else scratch_model(tokenizer, 0.1 if config.dropout is None else config.dropout)).train()
+             else scratch_bert(tokenizer, 0.1 if config.dropout is None else config.dropout, config.init)).train()
     spec = MaskingSpec.from_tokenizer(tokenizer, config.mask_probability)
     optimizer = build_optimizer(model, config.lr, config.weight_decay, config.adam_betas, torch.device("cpu"))
     dtype = autocast_dtype(config.mixed_precision, torch.device("cpu"), config.batch_size * config.block_size)

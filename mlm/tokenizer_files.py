@@ -3,7 +3,7 @@
 `AutoTokenizer` imports transformers (~3 s of a training command's start-up, issue 12); the run only needs the
 special-token ids, the vocabulary size, batch encoding (first run only: the blocks are cached) and a copy of the
 files for its checkpoints. `tokenizer.json` holds the whole pipeline, and encoding it with `tokenizers` gives
-transformers' ids exactly (tests/test_tokenizer_files.py compares both on WikiText and the special ids).
+transformers' ids exactly (tests/test_bert.py compares both, tests/test_fastdata.py the blocks they make).
 """
 
 from __future__ import annotations
