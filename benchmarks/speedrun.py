@@ -37,11 +37,15 @@ THROUGHPUT = {  # name: (flags, what to undo or change for an A/B of one step ch
     "fast_b128": ("--preset fast", None),
     "fast_b128_fp32_softmax": ("--preset fast", "fp32_softmax"),
     "fast_b128_flash_attention": ("--preset fast", "flash_attention"),
+    "fast_b128_unpadded_vocab": ("--preset fast", "unpadded_vocab"),
+    "fast_b128_torch_linear": ("--preset fast", "torch_linear"),
     "fast_b128_noclip": ("--preset fast --max-grad-norm 0", None),
     "fast_b256": ("--preset fast --batch-size 256", None),
     "fast_b512": ("--preset fast --batch-size 512", None),
     "scratch_b8": ("--preset scratch", None),
     "scratch_b8_flash_attention": ("--preset scratch", "flash_attention"),
+    "scratch_b8_unpadded_vocab": ("--preset scratch", "unpadded_vocab"),
+    "scratch_b8_torch_linear": ("--preset scratch", "torch_linear"),
 }
 
 
@@ -51,6 +55,7 @@ def patched(change: str | None):
 
     import torch.nn.functional as F
 
+    import mlm.linear
     from mlm.data import IGNORE_INDEX
     from mlm.model import MaskedLMObjective
 
@@ -79,6 +84,10 @@ def patched(change: str | None):
         return swap(MaskedLMObjective, "forward", fp32_softmax)
     if change == "flash_attention":
         return no_cudnn_attention()
+    if change == "unpadded_vocab":
+        return swap(MaskedLMObjective, "VOCAB_MULTIPLE", 1)
+    if change == "torch_linear":
+        return swap(mlm.linear, "custom_backward_applies", lambda x, weight: False)
     return contextlib.nullcontext()
 
 
@@ -182,6 +191,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--variant", action="append", default=[], help="name=flags, for the sweep")
     parser.add_argument("--steps", type=lambda text: text.split(","), help="throughput: only these variants")
+    parser.add_argument("--profile-flags", default="--preset fast", help="profile: the training flags to profile")
     parser.add_argument("parts", nargs="+", choices=["throughput", "profile", "sweep"])
     args = parser.parse_args()
     out = Path(args.out)
@@ -192,7 +202,7 @@ def main() -> None:
     flops = model_flops_per_token(scratch_model(load_tokenizer()).config)
     report = {"machine": torch.cuda.get_device_name(), "torch": torch.__version__}
     if "profile" in args.parts:
-        (out / "profile.txt").write_text(profile(args, flops))
+        (out / "profile.txt").write_text(profile(args, flops, args.profile_flags))
     if "throughput" in args.parts:
         report["throughput"] = throughput(args, flops)
     if "sweep" in args.parts:

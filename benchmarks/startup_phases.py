@@ -77,7 +77,7 @@ def main() -> None:
         mark("CUDA context")
     code = mlm.train.main(sys.argv[1:])
     mark("end of main")
-    imported = {name: name in sys.modules for name in ("transformers", "datasets", "accelerate")}
+    imported = {name: name in sys.modules for name in ("transformers", "datasets", "accelerate", "torch._dynamo")}
     print("PHASES " + __import__("json").dumps({"marks": MARKS, "durations": DURATIONS, "imported": imported, "rc": code}),
           flush=True)
 

@@ -30,6 +30,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from mlm.adamw import FusedAdamW
 from mlm.hub import UserError
 from mlm.manifest import MANIFEST_FILE, STAGING_PREFIX, publish, write_text_atomic  # noqa: F401 - publish: the API
 
@@ -77,7 +78,7 @@ def staged(run_dir: Path):
 # Optimizer and random-number state as safetensors (no pickles are ever loaded)
 
 
-def save_training_state(folder: Path, optimizer: torch.optim.Optimizer, state: dict,
+def save_training_state(folder: Path, optimizer: FusedAdamW, state: dict,
                         rng: dict[str, torch.Tensor]) -> None:
     """`rng`: each generator's state as a (processes, n) uint8 tensor (see `rng_state`)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -92,7 +93,7 @@ def save_training_state(folder: Path, optimizer: torch.optim.Optimizer, state: d
     (folder / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
 
-def load_training_state(run_dir: Path, optimizer: torch.optim.Optimizer) -> dict:
+def load_training_state(run_dir: Path, optimizer: FusedAdamW) -> dict:
     folder = run_dir / STATE_DIR
     try:
         state = json.loads((folder / STATE_FILE).read_text())
@@ -105,13 +106,10 @@ def load_training_state(run_dir: Path, optimizer: torch.optim.Optimizer) -> dict
     for name, tensor in tensors.items():
         index, key = name.split(".", 1)
         per_param.setdefault(int(index), {})[key] = tensor
-    for group, current in zip(groups, optimizer.param_groups):
-        group["lr"] = current["lr"]  # the schedule sets it every step; keep the live (tensor) value
-    device = optimizer.param_groups[0]["params"][0].device
-    optimizer.load_state_dict({"state": per_param, "param_groups": groups})
-    for entries in optimizer.state.values():  # fused AdamW keeps `step` on the parameters' device
-        for key, value in entries.items():
-            entries[key] = value.to(device)
+    try:
+        optimizer.load_state_dict({"state": per_param, "param_groups": groups})
+    except (ValueError, IndexError) as error:
+        raise UserError(f"cannot resume from {run_dir}: {error}") from error
     return state
 
 

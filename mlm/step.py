@@ -14,23 +14,22 @@ import contextlib
 import torch
 from torch import nn
 
+from mlm.adamw import FusedAdamW
 from mlm.data import MaskingSpec, mask_tokens
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas, device: torch.device, eps: float = 1e-8):
-    """AdamW (fused kernels) with decay on weight matrices only, and a learning rate held in a tensor so a captured
-    graph reads the current value of the schedule at every replay."""
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas, device: torch.device,
+                    eps: float = 1e-8) -> FusedAdamW:
+    """AdamW (torch's fused kernel) with decay on weight matrices only, and a learning rate held in a tensor so a
+    captured graph reads the current value of the schedule at every replay."""
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     decay = [p for n, p in trainable if p.ndim >= 2]
     no_decay = [p for n, p in trainable if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    lr_tensor = torch.tensor(lr, dtype=torch.float32, device=device)
-    fused = device.type in {"cuda", "cpu"}
-    return torch.optim.AdamW(groups, lr=lr_tensor, betas=tuple(betas), eps=eps, fused=fused,
-                             capturable=device.type == "cuda")
+    return FusedAdamW(groups, lr=torch.tensor(lr, dtype=torch.float32, device=device), betas=betas, eps=eps)
 
 
-def set_learning_rate(optimizer: torch.optim.Optimizer, value: float) -> None:
+def set_learning_rate(optimizer: FusedAdamW, value: float) -> None:
     for group in optimizer.param_groups:
         group["lr"].fill_(value)
 
@@ -110,7 +109,9 @@ class TrainStep:
         if self.average_gradients:
             self.average_gradients()
         if self.max_grad_norm:
-            self.accelerator.clip_grad_norm_(self.parameters, self.max_grad_norm)
+            # torch's own clipping: accelerate's imports DTensor (and sympy with it), ~2.5 s of a first step
+            self.accelerator.unscale_gradients()  # fp16's loss scale out first (nothing to do otherwise)
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm, foreach=True)
         self.optimizer.step()
         return loss.detach()
 

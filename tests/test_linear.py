@@ -1,0 +1,106 @@
+"""mlm.linear against nn.Linear: the same outputs and gradients (fp32 and bf16 autocast), parameters and init.
+
+The custom backward runs on GPUs only; here `custom_backward_applies` is replaced so that it runs on the CPU
+(`torch.mm`'s fp32 output for bf16 inputs, the one CUDA-only line, is checked on the GPU by
+benchmarks/check_linear_gpu.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import mlm.linear
+from mlm.linear import Linear, column_sums, linear, matmul_to
+
+
+@pytest.fixture
+def on_the_custom_path(monkeypatch):
+    monkeypatch.setattr(mlm.linear, "custom_backward_applies",
+                        lambda x, weight: torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+
+
+def pair(bias: bool = True):
+    torch.manual_seed(3)
+    reference = nn.Linear(24, 40, bias=bias)
+    torch.manual_seed(3)
+    ours = Linear(24, 40, bias=bias)
+    return ours, reference
+
+
+def test_same_parameters_initialisation_and_state_dict():
+    ours, reference = pair()
+    assert ours.state_dict().keys() == reference.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), reference.state_dict().values()))
+    assert isinstance(ours, nn.Linear)
+
+
+def gradients(module, x, autocast: bool):
+    x = x.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = module(x)
+    (out.float() * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+    grads = [x.grad] + [p.grad for p in module.parameters()]
+    return out, grads
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_fp32_outputs_and_gradients_equal_nn_linear(on_the_custom_path, bias):
+    ours, reference = pair(bias)
+    x = torch.randn(3, 17, 24)
+    out, grads = gradients(ours, x, autocast=False)
+    expected_out, expected = gradients(reference, x, autocast=False)
+    assert out.grad_fn.name().startswith("LinearFunction")  # the custom backward did run
+    torch.testing.assert_close(out, expected_out, rtol=0, atol=0)
+    for got, want in zip(grads, expected):
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_autocast_outputs_and_gradients_match_nn_linear_in_dtype_and_value(on_the_custom_path):
+    """Under autocast: bf16 output; fp32 gradients for the fp32 input and parameters, as autocast's casts give."""
+    ours, reference = pair()
+    x = torch.randn(5, 33, 24)
+    out, grads = gradients(ours, x, autocast=True)
+    expected_out, expected = gradients(reference, x, autocast=True)
+    assert out.dtype == expected_out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, expected_out, rtol=0, atol=0)
+    for got, want in zip(grads, expected):
+        assert got.dtype == want.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)  # bf16 sums, accumulated in other orders
+
+
+def test_off_the_gpu_or_without_gradients_it_is_exactly_nn_linear():
+    ours, _ = pair()
+    x = torch.randn(2, 24, requires_grad=True)
+    assert ours(x).grad_fn.name() == "AddmmBackward0"  # CPU: torch's own path
+    with torch.no_grad():
+        assert ours(x).grad_fn is None
+
+
+def test_matmul_to_returns_the_product_in_the_asked_dtype():
+    a, b = torch.randn(4, 6, dtype=torch.bfloat16), torch.randn(6, 5, dtype=torch.bfloat16)
+    result = matmul_to(a, b, torch.float32)
+    assert result.dtype == torch.float32
+    torch.testing.assert_close(result, (a.float() @ b.float()), rtol=1e-2, atol=1e-2)
+    assert matmul_to(a.float(), b.float(), torch.float32).dtype == torch.float32
+
+
+def test_functional_form_takes_a_padded_weight_and_its_gradient_reaches_the_original(on_the_custom_path):
+    """The MLM loss pads the tied output weight; the gradient flows back through the padding to the embedding."""
+    weight = torch.randn(10, 8, requires_grad=True)
+    x = torch.randn(6, 8, requires_grad=True)
+    padded = torch.nn.functional.pad(weight, (0, 0, 0, 6))
+    out = linear(x, padded)
+    assert out.shape == (6, 16) and out.grad_fn.name().startswith("LinearFunction")
+    out.sum().backward()
+    torch.testing.assert_close(weight.grad, x.detach().sum(0).expand(10, 8))  # d(sum x W^T)/dW: every row x.sum(0)
+
+
+@pytest.mark.parametrize("width", [256, 5000])
+def test_column_sums_equal_torch_sum_for_narrow_and_wide_rows(width):
+    rows = torch.randn(300, width)
+    torch.testing.assert_close(column_sums(rows, torch.float32), rows.sum(0), rtol=1e-5, atol=1e-4)
+    halves = rows.bfloat16()
+    assert column_sums(halves, torch.float32).dtype == torch.float32
+    torch.testing.assert_close(column_sums(halves, torch.float32), halves.float().sum(0), rtol=2e-2, atol=0.5)
