@@ -38,14 +38,16 @@ THROUGHPUT = {  # name: (flags, what to undo or change for an A/B of one step ch
     "fast_b128_fp32_softmax": ("--preset fast", "fp32_softmax"),
     "fast_b128_flash_attention": ("--preset fast", "flash_attention"),
     "fast_b128_unpadded_vocab": ("--preset fast", "unpadded_vocab"),
-    "fast_b128_torch_linear": ("--preset fast", "torch_linear"),
+    "fast_b128_torch_layers": ("--preset fast", "torch_layers"),
+    "fast_b128_torch_layer_norm": ("--preset fast", "torch_layer_norm"),
+    "fast_b128_separate_qkv": ("--preset fast", "separate_qkv"),
     "fast_b128_noclip": ("--preset fast --max-grad-norm 0", None),
     "fast_b256": ("--preset fast --batch-size 256", None),
     "fast_b512": ("--preset fast --batch-size 512", None),
     "scratch_b8": ("--preset scratch", None),
     "scratch_b8_flash_attention": ("--preset scratch", "flash_attention"),
     "scratch_b8_unpadded_vocab": ("--preset scratch", "unpadded_vocab"),
-    "scratch_b8_torch_linear": ("--preset scratch", "torch_linear"),
+    "scratch_b8_torch_layers": ("--preset scratch", "torch_layers"),
 }
 
 
@@ -55,7 +57,8 @@ def patched(change: str | None):
 
     import torch.nn.functional as F
 
-    import mlm.linear
+    import mlm.bert
+    import mlm.layers
     from mlm.data import IGNORE_INDEX
     from mlm.model import MaskedLMObjective
 
@@ -72,6 +75,12 @@ def patched(change: str | None):
         logits, targets = self.predictions(input_ids, labels)
         return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX)
 
+    def separate_qkv(self, x):  # three projections, as before the fused one
+        batch, length, width = x.shape
+        q, k, v = (p(x).view(batch, length, self.heads, -1).transpose(1, 2) for p in (self.query, self.key, self.value))
+        context = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout_p if self.training else 0.0)
+        return context.transpose(1, 2).reshape(batch, length, width)
+
     @contextlib.contextmanager
     def no_cudnn_attention():
         torch.backends.cuda.enable_cudnn_sdp(False)
@@ -86,8 +95,12 @@ def patched(change: str | None):
         return no_cudnn_attention()
     if change == "unpadded_vocab":
         return swap(MaskedLMObjective, "VOCAB_MULTIPLE", 1)
-    if change == "torch_linear":
-        return swap(mlm.linear, "custom_backward_applies", lambda x, weight: False)
+    if change == "torch_layers":  # torch's backward for every linear and layer-norm layer
+        return swap(mlm.layers, "custom_backward_applies", lambda x, weight: False)
+    if change == "torch_layer_norm":
+        return swap(mlm.layers.LayerNorm, "forward", torch.nn.LayerNorm.forward)
+    if change == "separate_qkv":
+        return swap(mlm.bert.SelfAttention, "forward", separate_qkv)
     return contextlib.nullcontext()
 
 

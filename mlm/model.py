@@ -22,7 +22,7 @@ from torch import nn
 from mlm.config import INITS
 from mlm.data import IGNORE_INDEX
 from mlm.hub import UserError, resolve
-from mlm.linear import linear
+from mlm.layers import linear
 from mlm.manifest import verify_checkpoint
 
 # The mission's model: 3 layers, hidden 256, 4 heads, FFN 1024, 512 positions, dropout 0.1 -> 10,411,834 parameters.

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
 from conftest import WIKITEXT_DIR
-import mlm.linear
+import mlm.layers
 from mlm import bert
 from mlm.data import MaskingSpec, max_predictions
 from mlm.fastdata import read_lines
@@ -103,11 +103,11 @@ def test_fast_loss_of_the_plain_model_equals_transformers_loss(tokenizer, masked
     assert torch.allclose(objective(inputs, labels), reference(input_ids=inputs, labels=labels).loss, rtol=1e-5)
 
 
-@pytest.mark.parametrize("gpu_backward", [False, True], ids=["torch-linear", "mlm.linear-backward"])
+@pytest.mark.parametrize("gpu_backward", [False, True], ids=["torch-linear", "mlm.layers-backward"])
 def test_fast_loss_gradients_of_the_plain_model_equal_transformers(tokenizer, masked_batch, monkeypatch, gpu_backward):
-    """Also with the linear layers' GPU backward (mlm.linear), which a CPU run does not take: forced here."""
+    """Also with the linear layers' GPU backward (mlm.layers), which a CPU run does not take: forced here."""
     if gpu_backward:
-        monkeypatch.setattr(mlm.linear, "custom_backward_applies", lambda x, weight: torch.is_grad_enabled())
+        monkeypatch.setattr(mlm.layers, "custom_backward_applies", lambda x, weight: torch.is_grad_enabled())
     model, reference = twins(tokenizer)
     inputs, labels = masked_batch
     reference(input_ids=inputs, labels=labels).loss.backward()

@@ -1,15 +1,17 @@
-"""A linear layer with a backward pass written for a GPU step of many short rows: nn.Linear's results, faster.
+"""Linear and LayerNorm layers whose backward suits a GPU step of many short rows: torch's results, sooner.
 
-In the `fast` step (16,384 rows of 256 - 1,024 features, bf16 under autocast) torch's backward of a linear layer
-sums the bias gradient over the rows with a reduction kernel (21 - 27 us on an H200) where a matrix product with a
-row of ones takes 6 - 9 us, and autocast's bf16 weight, bias and input gradients each go through one more kernel
-that copies them to fp32, which a CUDA matrix product writes directly (`out_dtype`). Over the model's 21 linear
-layers that is about half a millisecond of a 5 ms step (benchmarks/README.md, speedrun log). The forward is
-torch's own; casts follow autocast's rule for linear layers (inputs, weight and bias to the autocast dtype).
+In the `fast` step (16,384 rows of 256 - 1,024 features, bf16 under autocast) torch's backward spends much of its
+time outside the matrix products: it sums each bias gradient over the rows with a reduction kernel (21 - 27 us on
+an H200) where a matrix product with a row of ones takes 6 - 9 us; autocast's bf16 weight, bias and input
+gradients each go through one more kernel that copies them to fp32, which a CUDA matrix product writes directly
+(`out_dtype`); and LayerNorm's weight and bias gradients come from a kernel that takes 68 us for 256 columns. The
+forwards are torch's own, with autocast's casts (linear: to the autocast dtype; layer norm: to fp32).
+Measured effect: benchmarks/README.md, speedrun log.
 
-The plain-torch model (mlm/bert.py) uses `Linear` where it trains on a GPU; with no gradient to compute, or on a
-CPU (where the reduction is not the slow part), it is exactly nn.Linear. tests/test_linear.py checks outputs and
-gradients against nn.Linear, with and without autocast.
+The plain-torch model (mlm/bert.py) uses these where it trains on a GPU; with no gradient to compute, or on a CPU
+(where none of this is the slow part), they are exactly nn.Linear and nn.LayerNorm. tests/test_layers.py checks
+outputs and gradients against torch's layers, with and without autocast (the custom backward forced on the CPU);
+benchmarks/check_layers_gpu.py does it on a GPU.
 """
 
 from __future__ import annotations
@@ -84,3 +86,37 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)
+
+
+class LayerNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, dtype: torch.dtype):
+        cast_x = x.to(dtype)
+        out, mean, rstd = torch.native_layer_norm(cast_x, weight.shape, weight, bias, eps)
+        ctx.save_for_backward(cast_x, weight, mean, rstd)
+        ctx.x_dtype = x.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        cast_x, weight, mean, rstd = ctx.saved_tensors
+        grad = grad.to(cast_x.dtype)
+        # the input's gradient from torch's kernel, asked for nothing else; weight and bias gradients as column sums
+        grad_x = torch.ops.aten.native_layer_norm_backward(grad, cast_x, weight.shape, mean, rstd, weight, None,
+                                                           (True, False, False))[0]
+        normalised_times_grad = (cast_x - mean).mul_(rstd).mul_(grad)
+        width = weight.shape[0]
+        grad_weight = column_sums(normalised_times_grad.reshape(-1, width), weight.dtype)
+        grad_bias = column_sums(grad.reshape(-1, width), weight.dtype)
+        return grad_x.to(ctx.x_dtype), grad_weight, grad_bias, None, None
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters and state dict) whose training forward has LayerNormFunction's backward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not custom_backward_applies(x, self.weight):
+            return super().forward(x)
+        device = x.device.type
+        dtype = torch.float32 if torch.is_autocast_enabled(device) else x.dtype  # autocast runs layer norm in fp32
+        return LayerNormFunction.apply(x, self.weight, self.bias, self.eps, dtype)

@@ -1,11 +1,12 @@
-"""GPU check of mlm.linear (the linear layers' backward that a CPU run never takes): same results as nn.Linear.
+"""GPU check of mlm.layers (the backward that a CPU run never takes): the same results as torch's layers.
 
-tests/test_linear.py runs the custom backward on the CPU; on a GPU it also writes bf16 products straight to fp32
-(`torch.mm(..., out_dtype=torch.float32)`). Here, on the GPU, at the `fast` step's sizes: one layer's output and
-gradients against nn.Linear (fp32 and bf16 autocast), then the whole plain model's MLM loss and gradients with the
-custom backward against the same model with torch's (one batch of 128 x 128 tokens, bf16 autocast and fp32).
+tests/test_layers.py runs the custom backward on the CPU; on a GPU it also writes bf16 products straight to fp32
+(`torch.mm(..., out_dtype=torch.float32)`). Here, on the GPU, at the `fast` step's sizes: one linear layer's and
+one layer norm's output and gradients against torch's (fp32 and bf16 autocast), then the whole plain model's MLM
+loss and gradients with the custom backward against the same model with torch's (one batch of 128 x 128 tokens,
+bf16 autocast and fp32).
 
-    PYTHONPATH=. python benchmarks/check_linear_gpu.py --out benchmarks/check_linear_h200.json
+    PYTHONPATH=. python benchmarks/check_layers_gpu.py --out benchmarks/check_layers_h200.json
 """
 
 import argparse
@@ -14,9 +15,9 @@ import json
 import torch
 from torch import nn
 
-import mlm.linear
+import mlm.layers
 from mlm.data import MaskingSpec, mask_tokens, max_predictions
-from mlm.linear import Linear
+from mlm.layers import LayerNorm, Linear
 from mlm.model import MaskedLMObjective, scratch_bert
 from mlm.tokenizer_files import TokenizerFiles
 
@@ -28,13 +29,18 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.float() - want.float()).norm() / want.float().norm().clamp_min(1e-30))
 
 
-def layer_check(dtype) -> dict:
+def layer_check(dtype, kind: str) -> dict:
     torch.manual_seed(0)
-    reference = nn.Linear(256, 1024, device=device)
-    ours = Linear(256, 1024, device=device)
+    if kind == "linear":
+        reference, ours, width = nn.Linear(256, 1024, device=device), Linear(256, 1024, device=device), 1024
+    else:
+        reference, ours, width = nn.LayerNorm(256, device=device), LayerNorm(256, device=device), 256
+        with torch.no_grad():
+            for parameter in reference.parameters():
+                parameter.copy_(torch.randn_like(parameter))
     ours.load_state_dict(reference.state_dict())
     x = torch.randn(128, 128, 256, device=device)
-    upstream = torch.randn(128, 128, 1024, device=device)
+    upstream = torch.randn(128, 128, width, device=device)
     results = []
     for module in (ours, reference):
         inputs = x.clone().requires_grad_(True)
@@ -43,7 +49,7 @@ def layer_check(dtype) -> dict:
         (out.float() * upstream).sum().backward()
         results.append((out, [inputs.grad, module.weight.grad, module.bias.grad], out.grad_fn.name()))
     (out, grads, name), (want_out, want_grads, _) = results
-    return {"custom backward ran": name.startswith("LinearFunction"), "output equal": bool(torch.equal(out, want_out)),
+    return {"custom backward ran": name.startswith(("LinearFunction", "LayerNormFunction")), "output equal": bool(torch.equal(out, want_out)),
             "gradient dtypes equal": [g.dtype == w.dtype for g, w in zip(grads, want_grads)],
             "relative error of gradients (input, weight, bias)": [relative_error(g, w) for g, w in zip(grads, want_grads)]}
 
@@ -56,7 +62,7 @@ def model_check(autocast: bool) -> dict:
     inputs, labels = mask_tokens(blocks, spec)
     results = []
     for custom in (True, False):
-        mlm.linear.custom_backward_applies = (lambda x, w: True) if custom else (lambda x, w: False)
+        mlm.layers.custom_backward_applies = (lambda x, w: True) if custom else (lambda x, w: False)
         torch.manual_seed(0)
         model = scratch_bert(tokenizer, 0.0).to(device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
@@ -81,7 +87,10 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     out = parser.parse_args().out
     report = {"machine": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "layer fp32": layer_check(torch.float32), "layer bf16 autocast": layer_check(torch.bfloat16),
+              "linear fp32": layer_check(torch.float32, "linear"),
+              "linear bf16 autocast": layer_check(torch.bfloat16, "linear"),
+              "layer norm fp32": layer_check(torch.float32, "norm"),
+              "layer norm bf16 autocast": layer_check(torch.bfloat16, "norm"),
               "model bf16 autocast": model_check(True), "model fp32": model_check(False)}
     with open(out, "w") as handle:
         json.dump(report, handle, indent=2)

@@ -1,8 +1,9 @@
-"""mlm.linear against nn.Linear: the same outputs and gradients (fp32 and bf16 autocast), parameters and init.
+"""mlm.layers against torch's nn.Linear and nn.LayerNorm: the same outputs and gradients (fp32 and bf16 autocast),
+parameters and initialisation.
 
 The custom backward runs on GPUs only; here `custom_backward_applies` is replaced so that it runs on the CPU
 (`torch.mm`'s fp32 output for bf16 inputs, the one CUDA-only line, is checked on the GPU by
-benchmarks/check_linear_gpu.py)."""
+benchmarks/check_layers_gpu.py)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-import mlm.linear
-from mlm.linear import Linear, column_sums, linear, matmul_to
+import mlm.layers
+from mlm.layers import LayerNorm, Linear, column_sums, linear, matmul_to
 
 
 @pytest.fixture
 def on_the_custom_path(monkeypatch):
-    monkeypatch.setattr(mlm.linear, "custom_backward_applies",
+    monkeypatch.setattr(mlm.layers, "custom_backward_applies",
                         lambda x, weight: torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
 
 
@@ -104,3 +105,45 @@ def test_column_sums_equal_torch_sum_for_narrow_and_wide_rows(width):
     halves = rows.bfloat16()
     assert column_sums(halves, torch.float32).dtype == torch.float32
     torch.testing.assert_close(column_sums(halves, torch.float32), halves.float().sum(0), rtol=2e-2, atol=0.5)
+
+
+def norm_pair():
+    reference = nn.LayerNorm(48, eps=1e-12)
+    ours = LayerNorm(48, eps=1e-12)
+    with torch.no_grad():  # trained-looking affine parameters, the same in both
+        for a, b in zip(ours.parameters(), reference.parameters()):
+            a.copy_(torch.randn_like(a))
+            b.copy_(a)
+    return ours, reference
+
+
+@pytest.mark.parametrize("autocast, input_dtype", [(False, torch.float32), (True, torch.float32), (True, torch.bfloat16)])
+def test_layer_norm_outputs_and_gradients_equal_nn_layer_norm(on_the_custom_path, autocast, input_dtype):
+    """fp32; under autocast with an fp32 input (the residual stream) and a bf16 one (the head's GELU output)."""
+    ours, reference = norm_pair()
+    x = (torch.randn(4, 19, 48) * 3 + 1).to(input_dtype)
+    out, grads = gradients(ours, x, autocast=autocast)
+    if input_dtype == torch.bfloat16:  # CUDA's autocast runs layer norm in fp32 (the CPU's would keep bf16)
+        class InFloat32(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.norm = reference
+
+            def forward(self, inputs):
+                return self.norm(inputs.float())
+
+        expected_out, expected = gradients(InFloat32(), x, autocast=False)
+    else:
+        expected_out, expected = gradients(reference, x, autocast=autocast)
+    assert out.grad_fn.name().startswith("LayerNormFunction")
+    assert out.dtype == expected_out.dtype
+    torch.testing.assert_close(out, expected_out, rtol=0, atol=0)
+    for got, want in zip(grads, expected):
+        assert got.dtype == want.dtype
+        tolerance = 1e-2 if input_dtype == torch.bfloat16 else 1e-5
+        torch.testing.assert_close(got, want, rtol=tolerance, atol=tolerance)
+
+
+def test_layer_norm_off_the_gpu_is_torchs():
+    ours, _ = norm_pair()
+    assert ours(torch.randn(2, 48, requires_grad=True)).grad_fn.name() == "NativeLayerNormBackward0"
