@@ -152,9 +152,10 @@ class MaskedLMObjective(nn.Module):
     the mean. The result equals `BertForMaskedLM(...).loss` on the same batch.
 
     The loss computes the output layer over a vocabulary padded to a multiple of VOCAB_MULTIPLE words (30,528):
-    rows of 30,522 bf16 values are not 16-byte aligned, which sends the three output-layer matrix products to slow
-    fallback kernels and the softmax to unvectorised loads. The padding words have weight 0 and bias PAD_LOGIT, so
-    their probability is exactly 0 and the loss and gradients are those over the real vocabulary.
+    rows of 30,522 bf16 values are not 16-byte aligned, which sends the three output-layer matrix products to older,
+    slower kernels (on an H200 the forward product 485 -> 162 us, the `fast` step 5.8 -> 5.0 ms). The padding words
+    have weight 0 and bias PAD_LOGIT, so their probability is exactly 0 and the loss and gradients are those over
+    the real vocabulary.
     """
 
     VOCAB_MULTIPLE = 64

@@ -154,7 +154,7 @@ def test_many_pages_ticking_at_once_cost_one_look_and_share_one_csv(tmp_path, mo
         last, selected = initial, ["old-run"]
         try:
             for _ in range(40):
-                *outputs, last = app.tick(selected, "step", last)
+                *outputs, last = app.tick(selected, "step", None, last)
                 if not isinstance(outputs[3], dict):  # a CSV path, not a skip
                     csvs.append(open(outputs[3]).read())
                     selected = outputs[4]["value"]  # the run picker, as the page then sends it

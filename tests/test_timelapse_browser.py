@@ -4,12 +4,13 @@ and its chart."""
 from __future__ import annotations
 
 import re
+import shutil
 import time
 
 from gradio_client import Client
 from playwright.sync_api import expect
 
-from conftest import SCRATCH_NAME
+from conftest import REPO, SCRATCH_NAME, running_app
 from mlm.plots import percent
 from test_e2e_browser import SCREENSHOTS, page  # noqa: F401 - the module-scoped browser page fixture
 
@@ -129,3 +130,22 @@ def test_play_steps_through_every_snapshot_and_stops_at_the_last(page, app_serve
     paused = CAPTION.search(caption.inner_text()).group(0)
     page.wait_for_timeout(2500)
     assert CAPTION.search(caption.inner_text()).group(0) == paused and "Snapshot 4 of 4" not in paused
+
+
+def test_a_run_with_snapshots_appears_without_a_reload(page, tmp_path):
+    """A student keeps the Time-lapse tab open on an app with no run yet; a run with snapshots lands in
+    checkpoints/ (here a copy of the shipped one): within a few timer ticks the picker offers and shows it, and its
+    story renders. Its own app on an empty checkpoints folder, in the module's browser."""
+    (tmp_path / "checkpoints").mkdir()
+    with running_app(tmp_path / "checkpoints", tmp_path / "app.log") as (url, _):
+        student = page.context.browser.new_page(viewport={"width": 1400, "height": 1000})
+        student.goto(url)
+        student.get_by_role("tab", name="Time-lapse").click()
+        expect(student.locator("#timelapse-run input")).to_have_value("", timeout=30_000)
+        student.wait_for_timeout(3_000)  # a tick or two with nothing to offer
+        expect(student.locator("#timelapse-run input")).to_have_value("")
+        shutil.copytree(REPO / "checkpoints" / "scratch-wikitext2", tmp_path / "checkpoints" / "landed-run")
+        expect(student.locator("#timelapse-run input")).to_have_value("landed-run", timeout=30_000)
+        expect(student.locator("#timelapse-caption")).to_contain_text("Snapshot 4 of 4", timeout=60_000)
+        expect(student.locator("#timelapse-history .js-plotly-plot")).to_be_visible()
+        student.close()

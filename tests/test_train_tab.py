@@ -39,7 +39,8 @@ def local_app(tmp_path, monkeypatch):
 class Page:
     """An open browser page as the timer sees it: the latest value of each output, and its last snapshot."""
 
-    OUTPUTS = ("status", "loss", "perplexity", "csv", "runs", "left", "right", "explain_left", "explain_right", "start")
+    OUTPUTS = ("status", "loss", "perplexity", "csv", "runs", "left", "right", "explain_left", "explain_right", "timelapse",
+               "start")
 
     def __init__(self, app: DemoApp):
         self.app, self.last, self.selected = app, app.snapshot(), []
@@ -49,7 +50,7 @@ class Page:
         """Call the timer handler as the page would, until `done(shown)` holds."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            *outputs, self.last = self.app.tick(self.selected, "step", self.last)
+            *outputs, self.last = self.app.tick(self.selected, "step", None, self.last)
             for name, output in zip(self.OUTPUTS, outputs):
                 if output != gr.skip():  # a skip leaves the component as it was
                     self.shown[name] = output
@@ -92,6 +93,7 @@ def test_start_watch_stop_and_pick_a_run(local_app):
     shown = page.tick_until(lambda s: "stopped" in s["status"])
     assert "resumable checkpoint" in shown["status"]
     assert all(run in shown[picker]["choices"] for picker in PICKERS)  # Compare's and Explain's pickers offer it
+    assert shown["timelapse"]["choices"] == [run] and shown["timelapse"]["value"] == run  # its snapshots, shown
     assert shown["start"]["interactive"] is True
     state = json.loads((app.jobs.run_dir / "training_state" / "state.json").read_text())
     assert 0 < state["step"] < state["total_steps"] and not state["finished"]

@@ -59,17 +59,19 @@ class DemoApp(compare_tab.CompareHandlers, train_tab.TrainHandlers, curves_tab.C
             if self._snapshot is None or time.monotonic() - self._snapshot[0] >= SNAPSHOT_SECONDS:
                 folders = self.registry.run_folders()
                 metrics = tuple((name, (folder / METRICS_FILE).stat().st_mtime_ns) for name, folder in folders.items())
-                now = (self.training_status(), metrics, tuple(self.registry.names()), self.live_run())
+                now = (self.training_status(), metrics, tuple(self.registry.names()), self.live_run(),
+                       tuple(self.snapshot_models.runs()))
                 self._snapshot = (time.monotonic(), now, folders)
             return self._snapshot
 
-    def tick(self, selected: list[str] | None, x_axis: str, last: tuple):
+    def tick(self, selected: list[str] | None, x_axis: str, timelapse_run: str | None, last: tuple):
         """Refresh what changed since this page's last snapshot (status, curves, pickers), and nothing else: an
         update to a dropdown would close it under a student's cursor."""
         now = self.snapshot()
         if now == last:
-            return (gr.skip(),) * 8 + (last,)
-        (status, metrics, names, live), (last_status, last_metrics, last_names, last_live) = now, last
+            return (gr.skip(),) * 9 + (last,)
+        status, metrics, names, live, timelapse = now
+        last_status, last_metrics, last_names, last_live, last_timelapse = last
         if metrics != last_metrics or live != last_live:
             runs, seen = [name for name, _ in metrics], dict(last_metrics)
             selected = list(dict.fromkeys((selected or []) + [r for r in runs if r not in seen]))  # plot new runs
@@ -77,11 +79,16 @@ class DemoApp(compare_tab.CompareHandlers, train_tab.TrainHandlers, curves_tab.C
         else:
             curves = (gr.skip(),) * 4
         pickers = gr.update(choices=list(names)) if names != last_names else gr.skip()
+        if timelapse != last_timelapse:  # a run with snapshots landed: offered, and shown if none was
+            value = timelapse_run if timelapse_run in timelapse else (timelapse[0] if timelapse else None)
+            timelapse_picker = gr.update(choices=list(timelapse), value=value)
+        else:
+            timelapse_picker = gr.skip()
         if status != last_status:
             status_outputs = (status, gr.update(interactive=training_allowed() and not self.jobs.running()))
         else:
             status_outputs = (gr.skip(), gr.skip())
-        return (status_outputs[0], *curves, *(pickers,) * MODEL_PICKERS, status_outputs[1], now)
+        return (status_outputs[0], *curves, *(pickers,) * MODEL_PICKERS, timelapse_picker, status_outputs[1], now)
 
 
 def build_demo(app: DemoApp) -> gr.Blocks:
@@ -97,16 +104,17 @@ def build_demo(app: DemoApp) -> gr.Blocks:
         with gr.Tab("Explain") as tab:
             explain = explain_tab.build(app, tab)
         with gr.Tab("Time-lapse"):
-            timelapse_tab.build(app, demo)
+            timelapse = timelapse_tab.build(app, demo)
 
         if training_allowed():  # the Train tab's estimate for the form as it opens
             demo.load(app.describe_preset, train["form"], train["about"], api_visibility="private",
                       concurrency_id="estimate", concurrency_limit=1, show_progress="hidden")
         last_seen = gr.State(app.snapshot())  # what a new page shows: the timer sends only what changes after
         gr.Timer(TICK_SECONDS).tick(
-            app.tick, [curves["run_picker"], curves["x_axis"], last_seen],
+            app.tick, [curves["run_picker"], curves["x_axis"], timelapse["run"], last_seen],
             [train["status"], curves["loss_plot"], curves["perplexity_plot"], curves["csv"], curves["run_picker"],
-             compare["left"], compare["right"], explain["left"], explain["right"], train["start"], last_seen],
+             compare["left"], compare["right"], explain["left"], explain["right"], timelapse["run"], train["start"],
+             last_seen],
             # Silent (no progress overlay on any output), and in its own small group: ticks are cheap (see
             # snapshot) and never wait behind, nor hold up, a prediction.
             api_visibility="private", concurrency_id="status", concurrency_limit=2, show_progress="hidden",
