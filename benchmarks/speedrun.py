@@ -48,6 +48,7 @@ THROUGHPUT = {  # name: (flags, what to undo or change for an A/B of one step ch
     "scratch_b8_flash_attention": ("--preset scratch", "flash_attention"),
     "scratch_b8_unpadded_vocab": ("--preset scratch", "unpadded_vocab"),
     "scratch_b8_torch_layers": ("--preset scratch", "torch_layers"),
+    "scratch_b8_bf16": ("--preset scratch --mixed-precision bf16", None),
 }
 
 

@@ -66,7 +66,7 @@ def measured_speed(preset: str) -> tuple[float, float, float]:
              else scratch_bert(tokenizer, 0.1 if config.dropout is None else config.dropout, config.init)).train()
     spec = MaskingSpec.from_tokenizer(tokenizer, config.mask_probability)
     optimizer = build_optimizer(model, config.lr, config.weight_decay, config.adam_betas, torch.device("cpu"))
-    dtype = autocast_dtype(config.mixed_precision, torch.device("cpu"), config.batch_size * config.block_size)
+    dtype = autocast_dtype(config.mixed_precision, torch.device("cpu"))
     seconds = {}
     with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None, cache_enabled=False):
         for batch in CALIBRATION_BATCHES:

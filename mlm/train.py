@@ -50,10 +50,6 @@ from mlm.step import (
 )
 
 
-# Below this many tokens per step a GPU step is bound by kernel count, and bf16's extra cast kernels cost more
-# than its faster matmuls save (measured on an H100: batch 8 x 128 ran 3 epochs in 13.1 s with bf16, 11.8 s in
-# fp32 with TF32 matmuls).
-BF16_MIN_BATCH_TOKENS = 4096
 # Several processes agree to abandon a validation pass every this many batches (one all-reduce each time).
 EVAL_STOP_CHECK_EVERY = 8
 # What stopped a run, as the trainer prints it (progress.json keeps the key).
@@ -65,11 +61,14 @@ class StoppedBeforeTraining(Exception):
     """A stop (or the minutes cap) while loading data or building the model: there is nothing to save yet."""
 
 
-def autocast_dtype(mixed_precision: str, device: torch.device, batch_tokens: int) -> torch.dtype | None:
-    """bf16 where the hardware does it natively (recent GPUs at real batch sizes; CPUs with AMX), else fp32."""
+def autocast_dtype(mixed_precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 where the hardware does it natively (recent GPUs; CPUs with AMX), else fp32. Even the original recipe's
+    batch of 8 x 128 tokens gains on a GPU now that the plain model's backward writes fp32 gradients directly
+    (mlm/layers.py; an H200 step 1.54 -> 1.21 ms, the same loss: benchmarks/README.md, speedrun log); with
+    transformers' model it lost (an H100: 13.1 s for 3 epochs against 11.8 s in fp32)."""
     if mixed_precision == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() and batch_tokens >= BF16_MIN_BATCH_TOKENS else None
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
         amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
         return torch.bfloat16 if device.type == "cpu" and amx else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
@@ -160,7 +159,7 @@ class Trainer(Checkpointing):
             objective = torch.compile(objective)
         if config.mixed_precision == "fp16":
             self.optimizer = accelerator.prepare(self.optimizer)  # adds the loss scaler (accelerator.backward scales)
-        self.autocast = autocast_dtype(config.mixed_precision, self.device, batch_tokens)
+        self.autocast = autocast_dtype(config.mixed_precision, self.device)
         if world > 1:
             GradientAverager.broadcast_from_first(self.model)
         step_args = (objective, self.optimizer, self.spec, config.max_grad_norm, self.autocast, accelerator, world)

@@ -107,3 +107,15 @@ def test_scheduled_run_evaluates_every_n_epochs_and_resumes_on_schedule(tmp_path
     assert after[0]["mask_rate"] == pytest.approx(masking_schedule(6, 8, 0.45, 0.15))
     state = json.loads((run_dir / "training_state" / "state.json").read_text())
     assert state["finished"] and state["step"] == 8
+
+
+def test_auto_precision_is_bf16_on_any_bf16_gpu_batch_and_fp32_without(monkeypatch):
+    """bf16 at the original recipe's batch of 8 too (it pays with mlm.layers' backward); the explicit choices win."""
+    from mlm.train import autocast_dtype
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert autocast_dtype("auto", cuda) is torch.bfloat16
+    assert autocast_dtype("no", cuda) is None and autocast_dtype("fp16", cuda) is torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)  # an older GPU: fp32 (with TF32 matmuls)
+    assert autocast_dtype("auto", cuda) is None
