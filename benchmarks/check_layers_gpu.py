@@ -18,7 +18,8 @@ from torch import nn
 import mlm.layers
 from mlm.data import MaskingSpec, mask_tokens, max_predictions
 from mlm.layers import LayerNorm, Linear
-from mlm.model import MaskedLMObjective, scratch_bert
+from mlm.model import scratch_bert
+from mlm.objective import MaskedLMObjective
 from mlm.tokenizer_files import TokenizerFiles
 
 device = torch.device("cuda")

@@ -16,7 +16,7 @@ from transformers import BertConfig, BertForMaskedLM
 
 from mlm.checkpoint import rng_state
 from mlm.data import MaskingSpec
-from mlm.model import MaskedLMObjective
+from mlm.objective import MaskedLMObjective
 from mlm.step import GraphedTrainStep, build_optimizer
 
 accelerator = Accelerator()

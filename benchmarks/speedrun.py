@@ -61,7 +61,7 @@ def patched(change: str | None):
     import mlm.bert
     import mlm.layers
     from mlm.data import IGNORE_INDEX
-    from mlm.model import MaskedLMObjective
+    from mlm.objective import MaskedLMObjective
 
     @contextlib.contextmanager
     def swap(owner, name, value):

@@ -21,7 +21,8 @@ import torch
 from mlm.config import preset_config
 from mlm.data import MaskingSpec, fixed_validation_masks, load_tokenizer, mask_tokens, max_predictions
 from mlm.hub import offline_stand_in
-from mlm.model import MaskedLMObjective, pretrained_model, scratch_bert
+from mlm.model import pretrained_model, scratch_bert
+from mlm.objective import MaskedLMObjective
 from mlm.progress import evaluations_expected
 from mlm.step import build_optimizer
 

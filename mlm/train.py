@@ -38,9 +38,10 @@ from mlm.data import (
 from mlm.failures import one_line_error
 from mlm.hub import UserError, offline_stand_in
 from mlm.model import (
-    MaskedLMObjective, add_lora, bert_for_masked_lm, load_lora_weights, parameter_count, pretrained_model,
-    resumed_scratch_bert, scratch_bert,
+    add_lora, bert_for_masked_lm, load_lora_weights, parameter_count, pretrained_model, resumed_scratch_bert,
+    scratch_bert,
 )
+from mlm.objective import MaskedLMObjective
 from mlm.progress import ProgressWriter, evaluations_expected
 from mlm.run_checkpoints import Checkpointing, machine_name
 from mlm.schedule import schedule_for

@@ -14,7 +14,8 @@ from mlm import bert
 from mlm.data import MaskingSpec, max_predictions
 from mlm.fastdata import read_lines
 from mlm.hub import minilm_path
-from mlm.model import MaskedLMObjective, parameter_count, scratch_bert, scratch_config, scratch_model
+from mlm.model import parameter_count, scratch_bert, scratch_config, scratch_model
+from mlm.objective import MaskedLMObjective
 from mlm.snapshots import unique_tensors
 from mlm.tokenizer_files import TokenizerFiles
 from test_model import masked_batch, tokenizer  # noqa: F401 - the same fixtures

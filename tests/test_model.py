@@ -7,9 +7,8 @@ import torch
 
 from mlm.data import MaskingSpec, load_tokenizer, mask_tokens, max_predictions
 from mlm.hub import UserError
-from mlm.model import (
-    MaskedLMObjective, add_lora, load_model, parameter_count, save_model, scratch_bert, scratch_model,
-)
+from mlm.model import add_lora, load_model, parameter_count, save_model, scratch_bert, scratch_model
+from mlm.objective import MaskedLMObjective
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from conftest import WIKITEXT_DIR
 from mlm.checkpoint import read_metrics
 from mlm.config import PRESETS, TrainConfig
 from mlm.data import IGNORE_INDEX, MaskingSpec, load_tokenizer, mask_tokens, max_predictions
-from mlm.model import MaskedLMObjective, scratch_bert, scratch_model
+from mlm.model import scratch_bert, scratch_model
+from mlm.objective import MaskedLMObjective
 from mlm.step import masking_schedule
 from mlm.train import main
 
