@@ -120,3 +120,32 @@ def test_a_state_dict_for_other_groups_is_refused():
     saved["param_groups"] = saved["param_groups"][:1]
     with pytest.raises(ValueError, match="other parameter groups"):
         ours(small_model()).load_state_dict(saved)
+
+
+def test_accelerates_fp16_loss_scaler_drives_it_and_skips_an_overflowing_step():
+    """The fp16 path (`accelerator.prepare(optimizer)` with a GradScaler): scaled gradients are unscaled before
+    the update, which equals an unscaled run's; a step with an infinite gradient is skipped and changes nothing.
+    (On the CPU, with the CPU's GradScaler: accelerate only builds an fp16 scaler on a GPU.)"""
+    from accelerate import Accelerator
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    Accelerator()  # the state AcceleratedOptimizer reads (what the trainer creates on this machine too)
+    scaled, plain = small_model(), small_model()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    wrapped = AcceleratedOptimizer(ours(scaled), scaler=scaler)
+    reference = ours(plain)
+    tokens = torch.randint(0, 50, (4, 7))
+    for model, backward in ((scaled, lambda loss: scaler.scale(loss).backward()), (plain, torch.Tensor.backward)):
+        backward(nn.functional.cross_entropy(model(tokens).flatten(0, 1), tokens.flatten()))
+    wrapped.step()
+    reference.step()
+    for a, b in zip(scaled.parameters(), plain.parameters()):
+        torch.testing.assert_close(a, b)
+    assert not wrapped.step_was_skipped
+
+    before = [p.detach().clone() for p in scaled.parameters()]
+    wrapped.zero_grad()
+    scaler.scale(nn.functional.cross_entropy(scaled(tokens).flatten(0, 1), tokens.flatten())).backward()
+    next(scaled.parameters()).grad[0, 0] = float("inf")
+    wrapped.step()
+    assert wrapped.step_was_skipped and all(torch.equal(a, b) for a, b in zip(before, scaled.parameters()))
