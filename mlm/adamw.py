@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-GROUP_KEYS = ("lr", "betas", "eps", "weight_decay")  # what a parameter group's entry in `state_dict` carries
+SETTINGS = ("betas", "eps", "weight_decay")  # a parameter group's settings that a saved state restores
+GROUP_KEYS = ("lr", *SETTINGS)  # what a parameter group's entry in `state_dict` carries
 
 
 class FusedAdamW:
@@ -84,7 +85,7 @@ class FusedAdamW:
         if [len(g["params"]) for g in saved["param_groups"]] != [len(g["params"]) for g in self.param_groups]:
             raise ValueError("the saved optimizer state has other parameter groups than this model's")
         for group, saved_group in zip(self.param_groups, saved["param_groups"]):
-            group.update({k: saved_group[k] for k in GROUP_KEYS[1:] if k in saved_group})
+            group.update({k: saved_group[k] for k in SETTINGS if k in saved_group})
             group["betas"] = tuple(group["betas"])
         parameters = self.parameters
         self.state = {}

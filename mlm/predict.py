@@ -120,9 +120,11 @@ class ModelRegistry:
         """The display names of the models offered now."""
         return list(self.entries())
 
-    def run_folders(self) -> dict[str, Path]:
-        """Every offered local model, plus runs still training, that has metrics to plot."""
-        folders = {e.name: Path(e.location) for e in self.entries().values() if not e.on_hub}
+    def run_folders(self, entries: dict[str, ModelEntry] | None = None) -> dict[str, Path]:
+        """Every offered local model (of `entries`, default: `self.entries()`), plus runs still training, that has
+        metrics to plot."""
+        entries = self.entries() if entries is None else entries
+        folders = {e.name: Path(e.location) for e in entries.values() if not e.on_hub}
         known = {folder.resolve() for folder in folders.values()}
         if self.checkpoints_dir.is_dir():
             for folder in sorted(self.checkpoints_dir.iterdir()):

@@ -38,10 +38,10 @@ class SnapshotModels:
     # ------------------------------------------------------------------------------------------------------------
     # Which snapshots exist
 
-    def runs(self) -> list[str]:
-        """Offered models that keep snapshots."""
-        return [name for name, entry in self.registry.entries().items()
-                if entry.folder is not None and read_manifest(entry.folder)]
+    def runs(self, entries: dict | None = None) -> list[str]:
+        """Offered models (of `entries`, default: the registry's) that keep snapshots."""
+        entries = self.registry.entries() if entries is None else entries
+        return [name for name, entry in entries.items() if entry.folder is not None and read_manifest(entry.folder)]
 
     def entries(self, name: str) -> list[dict]:
         folder = self.registry.entry(name).folder

@@ -147,7 +147,7 @@ def test_many_pages_ticking_at_once_cost_one_look_and_share_one_csv(tmp_path, mo
     app = DemoApp(tmp_path / "checkpoints")
     looks = []
     real_run_folders = app.registry.run_folders
-    monkeypatch.setattr(app.registry, "run_folders", lambda: looks.append(1) or real_run_folders())
+    monkeypatch.setattr(app.registry, "run_folders", lambda *entries: looks.append(1) or real_run_folders(*entries))
     initial, errors, csvs = app.snapshot(), [], []
 
     def page():

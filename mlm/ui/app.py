@@ -57,10 +57,11 @@ class DemoApp(compare_tab.CompareHandlers, train_tab.TrainHandlers, curves_tab.C
     def _fresh_snapshot(self) -> tuple[float, tuple, dict]:
         with self._snapshot_lock:
             if self._snapshot is None or time.monotonic() - self._snapshot[0] >= SNAPSHOT_SECONDS:
-                folders = self.registry.run_folders()
+                entries = self.registry.entries()  # one look at the folders, for the curves and every picker
+                folders = self.registry.run_folders(entries)
                 metrics = tuple((name, (folder / METRICS_FILE).stat().st_mtime_ns) for name, folder in folders.items())
-                now = (self.training_status(), metrics, tuple(self.registry.names()), self.live_run(),
-                       tuple(self.snapshot_models.runs()))
+                now = (self.training_status(), metrics, tuple(entries), self.live_run(),
+                       tuple(self.snapshot_models.runs(entries)))
                 self._snapshot = (time.monotonic(), now, folders)
             return self._snapshot
 
