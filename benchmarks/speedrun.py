@@ -41,13 +41,18 @@ THROUGHPUT = {  # name: (flags, what to undo or change for an A/B of one step ch
     "fast_b128_torch_layers": ("--preset fast", "torch_layers"),
     "fast_b128_torch_layer_norm": ("--preset fast", "torch_layer_norm"),
     "fast_b128_separate_qkv": ("--preset fast", "separate_qkv"),
+    "fast_b128_torch_cross_entropy": ("--preset fast", "torch_cross_entropy"),
+    "fast_b128_one_stream": ("--preset fast", "one_stream"),
     "fast_b128_noclip": ("--preset fast --max-grad-norm 0", None),
     "fast_b256": ("--preset fast --batch-size 256", None),
     "fast_b512": ("--preset fast --batch-size 512", None),
     "scratch_b8": ("--preset scratch", None),
-    "scratch_b8_flash_attention": ("--preset scratch", "flash_attention"),
+    "scratch_b8_cudnn_attention": ("--preset scratch", "cudnn_attention"),
+    "scratch_b8_separate_qkv": ("--preset scratch", "separate_qkv"),
     "scratch_b8_unpadded_vocab": ("--preset scratch", "unpadded_vocab"),
     "scratch_b8_torch_layers": ("--preset scratch", "torch_layers"),
+    "scratch_b8_torch_cross_entropy": ("--preset scratch", "torch_cross_entropy"),
+    "scratch_b8_one_stream": ("--preset scratch", "one_stream"),
     "scratch_b8_bf16": ("--preset scratch --mixed-precision bf16", None),
 }
 
@@ -60,6 +65,7 @@ def patched(change: str | None):
 
     import mlm.bert
     import mlm.layers
+    import mlm.objective
     from mlm.data import IGNORE_INDEX
     from mlm.objective import MaskedLMObjective
 
@@ -75,6 +81,12 @@ def patched(change: str | None):
     def fp32_softmax(self, input_ids, labels):
         logits, targets = self.predictions(input_ids, labels)
         return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX)
+
+    def torch_cross_entropy(self, input_ids, labels):  # the output layer and F.cross_entropy, as before the fused loss
+        hidden, weight, bias, targets = self.output_layer(input_ids, labels)
+        logits = mlm.layers.linear(hidden, *self.padded(weight, bias))
+        with torch.autocast(logits.device.type, enabled=False):
+            return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX).float()
 
     def separate_qkv(self, x):  # three projections, as before the fused one
         batch, length, width = x.shape
@@ -100,6 +112,16 @@ def patched(change: str | None):
         return swap(mlm.layers, "custom_backward_applies", lambda x, weight: False)
     if change == "torch_layer_norm":
         return swap(mlm.layers.LayerNorm, "forward", torch.nn.LayerNorm.forward)
+    if change == "one_stream":  # parameter gradients after the input gradients, on the one stream
+        stack = contextlib.ExitStack()
+        for module in (mlm.layers, mlm.objective):
+            stack.enter_context(swap(module, "concurrently", lambda side, main, device, rows: (side(), main())))
+        return stack
+    if change == "cudnn_attention":  # cuDNN's attention first (torch's own order on an H200) at any size
+        cudnn_first = [torch.nn.attention.SDPBackend.CUDNN_ATTENTION, *mlm.layers.FLASH_FIRST]
+        return swap(mlm.layers, "FLASH_FIRST", cudnn_first)
+    if change == "torch_cross_entropy":
+        return swap(MaskedLMObjective, "forward", torch_cross_entropy)
     if change == "separate_qkv":
         return swap(mlm.bert.SelfAttention, "forward", separate_qkv)
     return contextlib.nullcontext()
@@ -147,6 +169,7 @@ def throughput(args, flops: float) -> dict:
 
 
 def profile(args, flops: float, flags: str = "--preset fast") -> str:
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     graphed = trainer_for(flags, args.data_dir)
@@ -162,10 +185,12 @@ def profile(args, flops: float, flags: str = "--preset fast") -> str:
             trainer.step_fn(trainer.batch(order, i))
         torch.cuda.synchronize()
     tokens = trainer.config.batch_size * trainer.config.block_size
+    kernels = sum(event.device_type == DeviceType.CUDA for event in prof.events()) / 3
     header = (f"# One training step of `{flags}` on {torch.cuda.get_device_name()} (torch {torch.__version__})\n"
               f"# graphed step: {graphed_ms:.3f} ms = {tokens / graphed_ms * 1e3:,.0f} tokens/s = "
               f"{flops * tokens / graphed_ms / 1e9:.1f} TFLOP/s by bench_train's model-FLOP count; "
-              f"eager step: {eager_ms:.3f} ms\n# the table covers 3 eager steps (times are totals over the 3)\n\n")
+              f"eager step: {eager_ms:.3f} ms; {kernels:.0f} GPU kernels and copies a step\n"
+              "# the table covers 3 eager steps (times are totals over the 3)\n\n")
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=45, max_name_column_width=70)
     return header + table
 
@@ -215,10 +240,10 @@ def main() -> None:
 
     flops = model_flops_per_token(scratch_model(load_tokenizer()).config)
     report = {"machine": torch.cuda.get_device_name(), "torch": torch.__version__}
+    if "throughput" in args.parts:  # before the profiler: once it has run, kernels in this process run slower
+        report["throughput"] = throughput(args, flops)
     if "profile" in args.parts:
         (out / "profile.txt").write_text(profile(args, flops, args.profile_flags))
-    if "throughput" in args.parts:
-        report["throughput"] = throughput(args, flops)
     if "sweep" in args.parts:
         variants = dict(v.split("=", 1) for v in args.variant)
         report["sweep"] = sweep(args, variants)

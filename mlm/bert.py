@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mlm.layers import LayerNorm, Linear, linear
+from mlm.layers import LayerNorm, Linear, attention, linear
 
 # The tied parameters: HF's save_pretrained leaves them out of model.safetensors, and so does this one.
 TIED = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
@@ -99,7 +99,7 @@ class SelfAttention(nn.Module):
         weight = torch.cat([p.weight for p in projections])
         bias = torch.cat([p.bias for p in projections])
         q, k, v = linear(x, weight, bias).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        context = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout_p if self.training else 0.0)
+        context = attention(q, k, v, self.dropout_p if self.training else 0.0)
         return context.transpose(1, 2).reshape(batch, length, width)
 
 

@@ -104,11 +104,14 @@ def test_fast_loss_of_the_plain_model_equals_transformers_loss(tokenizer, masked
     assert torch.allclose(objective(inputs, labels), reference(input_ids=inputs, labels=labels).loss, rtol=1e-5)
 
 
-@pytest.mark.parametrize("gpu_backward", [False, True], ids=["torch-linear", "mlm.layers-backward"])
-def test_fast_loss_gradients_of_the_plain_model_equal_transformers(tokenizer, masked_batch, monkeypatch, gpu_backward):
-    """Also with the linear layers' GPU backward (mlm.layers), which a CPU run does not take: forced here."""
+@pytest.mark.parametrize("gpu_backward", [None, "many-rows", "few-rows"])
+def test_fast_loss_gradients_of_the_plain_model_equal_transformers(tokenizer, masked_batch, request, monkeypatch,
+                                                                   gpu_backward):
+    """Also with the GPU backward of the layers and of the output layer's loss (mlm.layers, mlm.objective), which a
+    CPU run does not take: forced here, as for `fast`'s many rows and for the original recipe's few."""
     if gpu_backward:
-        monkeypatch.setattr(mlm.layers, "custom_backward_applies", lambda x, weight: torch.is_grad_enabled())
+        request.getfixturevalue("on_the_custom_path")
+        monkeypatch.setattr(mlm.layers, "FEW_ROWS", 0 if gpu_backward == "many-rows" else 10**9)
     model, reference = twins(tokenizer)
     inputs, labels = masked_batch
     reference(input_ids=inputs, labels=labels).loss.backward()

@@ -105,6 +105,16 @@ def test_masking_statistics_follow_bert(tokenizer):
     assert abs(1 - as_mask - kept - 0.1) < 0.015
 
 
+def test_special_token_lookup_equals_comparing_with_each_special_id(tokenizer):
+    """The masking's one-kernel lookup leaves masks (the fixed validation masks too) as comparing ids did."""
+    spec = MaskingSpec.from_tokenizer(tokenizer)
+    ids = torch.arange(len(tokenizer)).view(1, -1)
+    by_comparison = torch.zeros_like(ids, dtype=torch.bool)
+    for special_id in tokenizer.all_special_ids:
+        by_comparison |= ids == special_id
+    assert torch.equal(spec.is_special(ids), by_comparison) and by_comparison.sum() == len(spec.special_ids) == 5
+
+
 def test_masking_rate_is_configurable(tokenizer):
     ids = torch.randint(1000, 30000, (200, 128))
     _, labels = mask_tokens(ids, MaskingSpec.from_tokenizer(tokenizer, 0.4))

@@ -11,14 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-import mlm.layers
 from mlm.layers import LayerNorm, Linear, column_sums, linear, matmul_to
-
-
-@pytest.fixture
-def on_the_custom_path(monkeypatch):
-    monkeypatch.setattr(mlm.layers, "custom_backward_applies",
-                        lambda x, weight: torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
 
 
 def pair(bias: bool = True):
@@ -147,3 +140,4 @@ def test_layer_norm_outputs_and_gradients_equal_nn_layer_norm(on_the_custom_path
 def test_layer_norm_off_the_gpu_is_torchs():
     ours, _ = norm_pair()
     assert ours(torch.randn(2, 48, requires_grad=True)).grad_fn.name() == "NativeLayerNormBackward0"
+

@@ -70,7 +70,14 @@ def test_the_mimetic_init_starts_positions_as_sinusoids_and_keys_as_queries(toke
         scratch_model(tokenizer, init="xavier")
 
 
-def test_fast_loss_equals_bert_for_masked_lm(tokenizer, masked_batch):
+GPU_PATHS = pytest.mark.parametrize("gpu_path", [False, True], ids=["torch", "gpu-backward-forced"])
+
+
+@GPU_PATHS
+def test_fast_loss_equals_bert_for_masked_lm(tokenizer, masked_batch, request, gpu_path):
+    """Also on the path a GPU step takes (mlm.layers' backward, the fused output-layer loss), forced on the CPU."""
+    if gpu_path:
+        request.getfixturevalue("on_the_custom_path")
     torch.manual_seed(0)
     model = scratch_model(tokenizer).eval()  # no dropout: both forwards see the same network
     inputs, labels = masked_batch
@@ -83,7 +90,10 @@ def test_fast_loss_equals_bert_for_masked_lm(tokenizer, masked_batch):
     assert abs(fast_bf16.item() - reference.item()) < 0.02 * reference.item()
 
 
-def test_fast_loss_gradients_equal_bert_for_masked_lm(tokenizer, masked_batch):
+@GPU_PATHS
+def test_fast_loss_gradients_equal_bert_for_masked_lm(tokenizer, masked_batch, request, gpu_path):
+    if gpu_path:
+        request.getfixturevalue("on_the_custom_path")
     torch.manual_seed(0)
     model = scratch_model(tokenizer).eval()
     inputs, labels = masked_batch

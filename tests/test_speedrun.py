@@ -1,5 +1,5 @@
-"""The speedrun's new paths (issue 12): scheduled masking rate, bf16 softmax, padded output vocabulary, evaluation
-every N epochs, and their resume."""
+"""The speedrun's new paths (issue 12): scheduled masking rate, bf16 softmax, padded output vocabulary, the fused
+output-layer loss, evaluation every N epochs, and their resume."""
 
 from __future__ import annotations
 
@@ -44,10 +44,13 @@ def test_masking_schedule_runs_linearly_from_start_to_end():
 
 
 @pytest.mark.parametrize("build", [scratch_model, scratch_bert], ids=["transformers", "mlm.bert"])
-def test_bf16_loss_and_gradients_match_bert_for_masked_lm(tokenizer, build):
+@pytest.mark.parametrize("gpu_path", [False, True], ids=["torch", "gpu-backward-forced"])
+def test_bf16_loss_and_gradients_match_bert_for_masked_lm(tokenizer, build, request, gpu_path):
     """The bf16 path computes the softmax on bf16 logits (no fp32 copy): same loss and gradient direction as the
     plain fp32 BertForMaskedLM loss, within bf16's precision; for transformers' model and the plain-torch one that
-    training uses (the same seed gives both the same weights)."""
+    training uses (the same seed gives both the same weights); also on a GPU step's path, forced on the CPU."""
+    if gpu_path:
+        request.getfixturevalue("on_the_custom_path")
     torch.manual_seed(0)
     bert_for_masked_lm = scratch_model(tokenizer).eval()
     torch.manual_seed(0)
@@ -120,3 +123,37 @@ def test_auto_precision_is_bf16_on_any_bf16_gpu_batch_and_fp32_without(monkeypat
     assert autocast_dtype("no", cuda) is None and autocast_dtype("fp16", cuda) is torch.float16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)  # an older GPU: fp32 (with TF32 matmuls)
     assert autocast_dtype("auto", cuda) is None
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_output_layer_loss_equals_torch_cross_entropy(on_the_custom_path, autocast):
+    """The fused output-layer loss (vocabulary padded inside, softmax kept, gradient formed in place, 1/n applied
+    beside the products) against F.linear + F.cross_entropy over the real vocabulary: loss and the gradients of
+    input, weight and bias, with ignored rows; a batch with nothing to predict has loss 0 and zero gradients."""
+    from mlm.objective import OutputLayerLoss
+
+    torch.manual_seed(0)
+    x = torch.randn(40, 32, requires_grad=True)
+    weight = (torch.randn(61, 32) / 4).requires_grad_()
+    bias = torch.randn(61).requires_grad_()
+    targets = torch.randint(0, 61, (40,))
+    targets[::3] = IGNORE_INDEX
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        logits = torch.nn.functional.linear(x, weight, bias)
+    expected = torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX)
+    expected_grads = torch.autograd.grad(expected, (x, weight, bias))
+    dtype = torch.bfloat16 if autocast else torch.float32
+    loss = OutputLayerLoss.apply(x, weight, bias, targets, dtype, 64)
+    grads = torch.autograd.grad(loss, (x, weight, bias))
+    assert loss.dtype == torch.float32
+    assert abs(loss.item() - expected.item()) < (5e-3 if autocast else 1e-6)
+    for got, want in zip(grads, expected_grads):
+        assert got.dtype == want.dtype == torch.float32 and got.shape == want.shape
+        if autocast:
+            assert torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0) > 0.999
+        else:
+            assert torch.allclose(got, want, atol=1e-7, rtol=1e-5)
+
+    nothing = torch.full_like(targets, IGNORE_INDEX)
+    loss = OutputLayerLoss.apply(x, weight, bias, nothing, dtype, 64)
+    assert loss.item() == 0 and all(g.abs().max() == 0 for g in torch.autograd.grad(loss, (x, weight, bias)))
