@@ -14,7 +14,7 @@ from mlm.ui.compare_tab import EXAMPLES, column, guesses_table
 STORY = ("Slide through the training of a run: at first the model guesses at random; then, on the loss plateau "
          "near 6, only frequent words (*the*, *,*, *.*) whatever the sentence; then it starts to use the context. "
          "**Play** steps through every snapshot.")
-PLAY, PAUSE = "▶ Play", "⏸ Pause"
+PLAY, PAUSE = "▶ Play", "❚❚ Pause"  # (U+23F8, the pause sign, is in no font of a bare Linux: a box)
 FRAME_SECONDS = 1.0  # Play shows a snapshot a second: long enough to read the top guesses
 
 
