@@ -63,9 +63,10 @@ def concurrently(side: Callable, main: Callable, device: torch.device, rows: int
     graph: parallel branches): on an H200 that step 1.116 -> 1.083 ms. With `fast`'s 16,384 rows the kernels are
     large and a second stream cost 0.7%, so there they stay on one. `side` returns a tuple of tensors (or None);
     they are recorded as used on the current stream, so the caching allocator does not hand their memory back to
-    the side stream too early.
+    the side stream too early. Under `torch.compile` (`--compile`) both run on the one stream: the compiler orders
+    the kernels itself.
     """
-    if device.type != "cuda" or rows > FEW_ROWS:
+    if device.type != "cuda" or rows > FEW_ROWS or torch.compiler.is_compiling():
         return side(), main()
     current = torch.cuda.current_stream(device)
     if device not in _SIDE_STREAMS:
