@@ -1,4 +1,4 @@
-"""Linear, LayerNorm and attention layers whose GPU backward suits this small model's steps: torch's results, sooner.
+"""Linear, LayerNorm and attention layers whose GPU path suits this small model's steps: torch's results, sooner.
 
 In the `fast` step (16,384 rows of 256 - 1,024 features, bf16 under autocast) torch's backward spends much of its
 time outside the matrix products: it sums each bias gradient over the rows with a reduction kernel (21 - 27 us on
