@@ -84,7 +84,7 @@ def patched(change: str | None):
 
     def torch_cross_entropy(self, input_ids, labels):  # the output layer and F.cross_entropy, as before the fused loss
         hidden, weight, bias, targets = self.output_layer(input_ids, labels)
-        logits = mlm.layers.linear(hidden, *self.padded(weight, bias))
+        logits = mlm.layers.linear(hidden, *self.padded(weight, bias, mlm.layers.product_dtype(weight)))
         with torch.autocast(logits.device.type, enabled=False):
             return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX).float()
 

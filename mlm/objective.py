@@ -53,26 +53,29 @@ class MaskedLMObjective(nn.Module):
         decoder = head.decoder  # weight: the word embeddings (tied); bias: the head's `bias`
         return head.transform(hidden[order]), decoder.weight, decoder.bias, targets[order]
 
-    def padded(self, weight: torch.Tensor, bias: torch.Tensor):
-        """The output layer's weight and bias over the padded vocabulary."""
-        extra = self.padded_vocab(weight.shape[0]) - weight.shape[0]
-        return F.pad(weight, (0, 0, 0, extra)), F.pad(bias, (0, extra), value=self.PAD_LOGIT)
-
     @classmethod
-    def padded_vocab(cls, vocab: int) -> int:
-        return vocab + -vocab % cls.VOCAB_MULTIPLE
+    def padded(cls, weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype):
+        """The output layer's weight and bias over the padded vocabulary (padding words: weight 0, bias PAD_LOGIT),
+        cast to `dtype` straight into place: one copy each, no padded fp32 copy first. Autograd follows the copies
+        where gradients are on."""
+        vocab, width = weight.shape
+        padded_vocab = vocab + -vocab % cls.VOCAB_MULTIPLE
+        padded_weight = torch.empty(padded_vocab, width, dtype=dtype, device=weight.device)
+        padded_weight[:vocab], padded_weight[vocab:] = weight, 0
+        padded_bias = torch.full((padded_vocab,), cls.PAD_LOGIT, dtype=dtype, device=bias.device)
+        padded_bias[:vocab] = bias
+        return padded_weight, padded_bias
 
     def predictions(self, input_ids: torch.Tensor, labels: torch.Tensor):
         """(logits, targets) at up to `max_predictions` positions, the logits over the real vocabulary."""
         hidden, weight, bias, targets = self.output_layer(input_ids, labels)
-        return linear(hidden, *self.padded(weight, bias))[:, : weight.shape[0]], targets
+        return linear(hidden, *self.padded(weight, bias, product_dtype(weight)))[:, : weight.shape[0]], targets
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         hidden, weight, bias, targets = self.output_layer(input_ids, labels)
         if layers.custom_backward_applies(hidden, weight):  # (looked up at call time: tests force it on the CPU)
-            vocab = self.padded_vocab(weight.shape[0])
-            return OutputLayerLoss.apply(hidden, weight, bias, targets, product_dtype(weight), vocab)
-        logits = linear(hidden, *self.padded(weight, bias))
+            return OutputLayerLoss.apply(hidden, weight, bias, targets, product_dtype(weight))
+        logits = linear(hidden, *self.padded(weight, bias, product_dtype(weight)))
         if logits.dtype == torch.float32:
             return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
         # bf16 (under autocast): the ~5k x 30,528 softmax is the step's largest memory traffic, and an fp32 copy of
@@ -101,14 +104,9 @@ class OutputLayerLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor,
-                dtype: torch.dtype, padded_vocab: int) -> torch.Tensor:
-        vocab, width = weight.shape
+                dtype: torch.dtype) -> torch.Tensor:
         cast_x = x.to(dtype)
-        # weight and bias cast straight into the padded vocabulary (padding words: weight 0, bias PAD_LOGIT)
-        cast_weight = torch.empty(padded_vocab, width, dtype=dtype, device=weight.device)
-        cast_weight[:vocab], cast_weight[vocab:] = weight, 0
-        cast_bias = torch.full((padded_vocab,), MaskedLMObjective.PAD_LOGIT, dtype=dtype, device=bias.device)
-        cast_bias[:vocab] = bias
+        cast_weight, cast_bias = MaskedLMObjective.padded(weight, bias, dtype)
         with torch.autocast(x.device.type, enabled=False):  # autocast would make the softmax's output fp32
             probabilities = torch.softmax(F.linear(cast_x, cast_weight, cast_bias), dim=-1)
         counted = targets != IGNORE_INDEX
@@ -117,7 +115,7 @@ class OutputLayerLoss(torch.autograd.Function):
         count = counted.sum().clamp(min=1)
         terms = target_probabilities.clamp(min=torch.finfo(torch.float32).tiny).log()
         ctx.save_for_backward(cast_x, cast_weight, probabilities, safe_targets, counted, count)
-        ctx.dtypes, ctx.vocab = (x.dtype, weight.dtype, bias.dtype), vocab
+        ctx.dtypes, ctx.vocab = (x.dtype, weight.dtype, bias.dtype), weight.shape[0]
         return -torch.where(counted, terms, 0.0).sum() / count
 
     @staticmethod
@@ -144,4 +142,4 @@ class OutputLayerLoss(torch.autograd.Function):
             return (matmul_to(logits_grad, cast_weight, torch.float32) * scale).to(x_dtype)
 
         (grad_weight, grad_bias), grad_x = concurrently(parameters, inputs, cast_x.device, rows)
-        return grad_x, grad_weight, grad_bias, None, None, None
+        return grad_x, grad_weight, grad_bias, None, None
