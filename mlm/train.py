@@ -27,7 +27,6 @@ PROCESS_STARTED_AT = time.time()  # before the slow imports below: what the minu
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from mlm import checkpoint as ckpt
 from mlm import durability
@@ -35,6 +34,7 @@ from mlm.config import TrainConfig, config_from_args
 from mlm.data import (
     IGNORE_INDEX, MaskingSpec, fixed_validation_masks, load_mlm_data, load_plain_tokenizer, max_predictions,
 )
+from mlm.evaluation import validation_totals
 from mlm.failures import one_line_error
 from mlm.hub import UserError, offline_stand_in
 from mlm.model import (
@@ -320,25 +320,13 @@ class Trainer(Checkpointing):
         began = time.perf_counter()
         self.progress.update(phase="validating")
         model = bert_for_masked_lm(self.model).eval()
-        totals = torch.zeros(4, device=self.device, dtype=torch.float64)  # loss sum, targets, top-1 hits, top-5 hits
-        autocast = self.autocast or torch.float32
-        for index, start in enumerate(range(0, len(self.valid_inputs), self.config.eval_batch_size)):
-            if self.agreed_stop(index < self.shared_eval_batches and index % EVAL_STOP_CHECK_EVERY == 0):
-                model.train()
-                self.progress.update(phase="stopping")
-                return
-            stop = start + self.config.eval_batch_size
-            with torch.autocast(self.device.type, dtype=autocast, enabled=self.autocast is not None):
-                logits, targets = self.eval_objective.predictions(self.valid_inputs[start:stop], self.valid_labels[start:stop])
-            logits = logits.float()
-            counted = targets != IGNORE_INDEX
-            top5 = logits.topk(5, dim=-1).indices
-            hits = (top5 == targets[:, None]) & counted[:, None]
-            totals += torch.stack([
-                F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum").double(),
-                counted.sum().double(), hits[:, 0].sum().double(), hits.any(dim=1).sum().double(),
-            ])
+        totals = validation_totals(
+            self.eval_objective, self.valid_inputs, self.valid_labels, self.config.eval_batch_size, self.autocast,
+            abandon=lambda index: self.agreed_stop(index < self.shared_eval_batches and index % EVAL_STOP_CHECK_EVERY == 0))
         model.train()
+        if totals is None:
+            self.progress.update(phase="stopping")
+            return
         loss_sum, count, top1, top5 = self.accelerator.reduce(totals, "sum").tolist()
         self.progress.evaluation_done(time.perf_counter() - began)
         self.progress.update(phase="training")
