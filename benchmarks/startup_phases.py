@@ -26,13 +26,16 @@ import torch  # noqa: E402
 mark("import torch")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mlm.checkpoint  # noqa: E402
+import mlm.manifest  # noqa: E402
 import mlm.train  # noqa: E402
 
 mark("import mlm.train")
 DURATIONS: dict[str, float] = {}
 
 
-def timed(owner, name: str, label: str) -> None:
+def timed(owner, name: str, label) -> None:
+    """Add the seconds of every call of `owner.name` to DURATIONS[label] (`label`: a text, or a function of the
+    call's arguments that gives one)."""
     original = getattr(owner, name)
 
     def wrapper(*args, **kwargs):
@@ -42,7 +45,8 @@ def timed(owner, name: str, label: str) -> None:
         finally:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            DURATIONS[label] = round(DURATIONS.get(label, 0.0) + time.perf_counter() - begin, 3)
+            key = label if isinstance(label, str) else label(*args, **kwargs)
+            DURATIONS[key] = round(DURATIONS.get(key, 0.0) + time.perf_counter() - begin, 3)
 
     setattr(owner, name, wrapper)
 
@@ -65,10 +69,14 @@ timed(mlm.train, "load_plain_tokenizer", "data")  # a from-scratch run reads the
 timed(mlm.train, "load_mlm_data", "data")
 timed(mlm.train.Trainer, "initial_model", "model")
 timed(mlm.train.GraphedTrainStep, "__init__", "graph capture (with 3 warm-up steps)")
-timed(mlm.train.Trainer, "evaluate", "evaluations")
-timed(mlm.train.Trainer, "save", "final checkpoint (all)")
+timed(mlm.train.Trainer, "evaluate",  # the one at step 0 is start-up (before the first step), the others the loop's
+      lambda trainer, step: "evaluation at step 0" if step == 0 else "evaluations after step 0")
+timed(mlm.train.Trainer, "save", "checkpoint writing (every save)")
 timed(mlm.train.Trainer, "save_best", "  of which best/")
 timed(mlm.checkpoint, "save_training_state", "  of which optimizer state")
+timed(mlm.train.Trainer, "save_model_files", "  of which model files (best/ too)")
+timed(mlm.train.Trainer, "weights_usable", "  of which the finite-weights check")
+timed(mlm.manifest, "file_sha256", "  of which sha256 + fsync (manifest; summed over its threads)")
 
 
 def main() -> None:
@@ -78,8 +86,12 @@ def main() -> None:
     code = mlm.train.main(sys.argv[1:])
     mark("end of main")
     imported = {name: name in sys.modules for name in ("transformers", "datasets", "accelerate", "torch._dynamo")}
-    print("PHASES " + __import__("json").dumps({"marks": MARKS, "durations": DURATIONS, "imported": imported, "rc": code}),
-          flush=True)
+    # issue 12's target 3b: evaluations after step 0 and checkpoint writing against the loop (first step to exit)
+    loop = MARKS["end of main"] - MARKS.get("first training step", MARKS["end of main"])
+    outside = DURATIONS.get("evaluations after step 0", 0.0) + DURATIONS.get("checkpoint writing (every save)", 0.0)
+    summary = {"loop_s": round(loop, 3), "evaluations_and_checkpoints_share": round(outside / loop, 4) if loop else None}
+    print("PHASES " + __import__("json").dumps({"marks": MARKS, "durations": DURATIONS, **summary, "imported": imported,
+                                                "rc": code}), flush=True)
 
 
 if __name__ == "__main__":
