@@ -149,3 +149,24 @@ def test_a_run_with_snapshots_appears_without_a_reload(page, tmp_path):
         expect(student.locator("#timelapse-caption")).to_contain_text("Snapshot 4 of 4", timeout=60_000)
         expect(student.locator("#timelapse-history .js-plotly-plot")).to_be_visible()
         student.close()
+
+
+def test_on_a_phone_the_run_picker_shows_the_whole_name(page, app_server):
+    """At 390 px the tab sits behind the tab bar's "More tabs" button; there the sentence, the run picker and the
+    snapshot slider each take a whole line, so the run's name is not cut, and the snapshot can still be moved."""
+    phone = page.context.browser.new_page(viewport={"width": 390, "height": 900})
+    try:
+        phone.goto(app_server)
+        phone.get_by_role("button", name="More tabs").click()
+        phone.locator("button:visible", has_text="Time-lapse").last.click()
+        picker = phone.locator("#timelapse-run input")
+        expect(picker).to_have_value(SCRATCH_NAME, timeout=30_000)
+        expect(phone.locator("#timelapse-caption")).to_contain_text("Snapshot 4 of 4", timeout=60_000)
+        assert picker.evaluate("e => e.scrollWidth <= e.clientWidth")  # the whole name fits
+        text_box, run_box = phone.locator("#timelapse-text").bounding_box(), phone.locator("#timelapse-run").bounding_box()
+        assert run_box["y"] >= text_box["y"] + text_box["height"] and run_box["width"] > 300  # a line of its own
+        move_slider_to(phone, 0.0)
+        expect(phone.locator("#timelapse-caption")).to_contain_text("Snapshot 1 of 4", timeout=30_000)
+        phone.screenshot(path=str(SCREENSHOTS / "timelapse_phone.png"), full_page=True)
+    finally:
+        phone.close()

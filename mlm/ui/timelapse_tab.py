@@ -81,14 +81,16 @@ class TimelapseHandlers:
 def build(app, demo: gr.Blocks) -> dict:
     """Lay out the tab inside an open gr.Tab."""
     gr.Markdown(STORY)
+    # min_width: on a phone the sentence, the run (whose name the picker would cut) and the snapshot slider each
+    # take a whole line rather than a third of one
     with gr.Row():
-        text = gr.Textbox(EXAMPLES[0], label="Sentence", lines=1, scale=4,
+        text = gr.Textbox(EXAMPLES[0], label="Sentence", lines=1, scale=4, min_width=280,
                           elem_id="timelapse-text")
-        run = gr.Dropdown([], label="Run with snapshots", scale=2, elem_id="timelapse-run")
+        run = gr.Dropdown([], label="Run with snapshots", scale=2, min_width=280, elem_id="timelapse-run")
         top_k = gr.Slider(1, MAX_TOP_K, value=5, step=1, label="Top-k guesses", scale=1)
     with gr.Row(equal_height=True):
         snapshot = gr.Slider(0, 1, value=0, step=1, label="Snapshot (oldest to newest)", interactive=False,
-                             elem_id="timelapse-step", scale=6)
+                             elem_id="timelapse-step", scale=6, min_width=280)
         play = gr.Button(PLAY, scale=1, min_width=100, elem_id="timelapse-play")
     playing, frames = gr.State(False), gr.Timer(FRAME_SECONDS, active=False)
     shown = gr.Markdown("", elem_id="timelapse-caption")
