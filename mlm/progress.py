@@ -46,7 +46,7 @@ class ProgressWriter:
         self.path = Path(run_dir) / PROGRESS_FILE
         self.enabled = enabled  # only the main process of a multi-process run writes
         self.state = {"phase": "preparing", "stop_reason": None, "started_at": started_at,
-                      "max_minutes": max_minutes,                       "phase_started_at": time.time(), "ended_at": None, "evaluations_done": 0,
+                      "max_minutes": max_minutes, "phase_started_at": time.time(), "ended_at": None, "evaluations_done": 0,
                       "evaluations_expected": None, "evaluation_s": 0.0, "tokens_per_step": None}
 
     def update(self, **fields) -> None:

@@ -44,22 +44,12 @@ from mlm.model import (
 from mlm.objective import MaskedLMObjective
 from mlm.progress import ProgressWriter, evaluations_expected
 from mlm.run_checkpoints import Checkpointing, machine_name
+from mlm.run_stopping import STOP_TEXT, Stopping, StoppedBeforeTraining
 from mlm.schedule import schedule_for
 from mlm.snapshots import SnapshotRecorder
 from mlm.step import (
     GradientAverager, GraphedTrainStep, TrainStep, build_optimizer, masking_schedule, set_learning_rate,
 )
-
-
-# Several processes agree to abandon a validation pass every this many batches (one all-reduce each time).
-EVAL_STOP_CHECK_EVERY = 8
-# What stopped a run, as the trainer prints it (progress.json keeps the key).
-STOP_TEXT = {"stop": "stop requested (Stop, Ctrl-C or SIGTERM)", "cap": "the --max-minutes cap",
-             "diverged": "the loss diverged"}
-
-
-class StoppedBeforeTraining(Exception):
-    """A stop (or the minutes cap) while loading data or building the model: there is nothing to save yet."""
 
 
 def autocast_dtype(mixed_precision: str, device: torch.device) -> torch.dtype | None:
@@ -75,7 +65,7 @@ def autocast_dtype(mixed_precision: str, device: torch.device) -> torch.dtype | 
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
 
 
-class Trainer(Checkpointing):
+class Trainer(Checkpointing, Stopping):
     def __init__(self, config: TrainConfig, resume: bool = False):
         from accelerate import Accelerator
 
@@ -211,7 +201,7 @@ class Trainer(Checkpointing):
         return self.train_blocks[order[start : start + self.config.batch_size]]
 
     def fit(self) -> int:
-        self.install_stop_handlers()
+        self.install_stop_handlers(PROCESS_STARTED_AT)
         try:
             self.build()
         except StoppedBeforeTraining:
@@ -322,7 +312,7 @@ class Trainer(Checkpointing):
         model = bert_for_masked_lm(self.model).eval()
         totals = validation_totals(
             self.eval_objective, self.valid_inputs, self.valid_labels, self.config.eval_batch_size, self.autocast,
-            abandon=lambda index: self.agreed_stop(index < self.shared_eval_batches and index % EVAL_STOP_CHECK_EVERY == 0))
+            abandon=self.validation_abandoned)
         model.train()
         if totals is None:
             self.progress.update(phase="stopping")
@@ -358,40 +348,6 @@ class Trainer(Checkpointing):
         """Append to metrics.jsonl, stamped with seconds since the command started (start-up included)."""
         if self.is_main:
             ckpt.append_metrics(self.run_dir, {**record, "wall_s": time.monotonic() - self.created})
-
-    # ------------------------------------------------------------------------------------------------------------
-    # Stopping
-
-    def install_stop_handlers(self) -> None:
-        """SIGINT/SIGTERM mean Stop; --max-minutes is an alarm counted from the process's start, so it bounds the
-        whole job (loading data, building the model, validations, training) up to the final checkpoint write."""
-        def request_stop(reason: str):
-            def handler(_signum, _frame):
-                self.stop_reason = self.stop_reason or reason
-                if self.preparing:
-                    raise StoppedBeforeTraining(reason)
-            return handler
-
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, request_stop("stop"))
-        if self.config.max_minutes is not None:
-            signal.signal(signal.SIGALRM, request_stop("cap"))
-            left = 60 * self.config.max_minutes - (time.time() - PROCESS_STARTED_AT)
-            signal.setitimer(signal.ITIMER_REAL, max(left, 0.001))
-
-    def should_stop(self, step: int) -> bool:
-        # Several GPU processes agree on stopping only where they sync anyway (a step takes milliseconds); CPU steps
-        # take long enough that agreeing after each costs nothing, and torchrun kills workers 30 s after a SIGTERM.
-        return self.agreed_stop(step % self.config.log_every == 0 or self.device.type == "cpu")
-
-    def agreed_stop(self, sync_point: bool) -> bool:
-        """Whether to stop now: this process's flag alone, or, across processes, their agreement at a sync point."""
-        if self.accelerator.num_processes == 1:
-            return self.stop_reason is not None
-        if not sync_point:
-            return False
-        flag = torch.tensor(float(self.stop_reason is not None), device=self.device)
-        return bool(self.accelerator.reduce(flag, "max").item())
 
 
 def main(argv: list[str] | None = None) -> int:
