@@ -161,6 +161,11 @@ def test_a_long_paste_is_called_too_long(page):
                                                                      timeout=60_000)
 
 
+PICKER_TEXT_END_AND_ARROW_JS = """picker => { const input = picker.querySelector('input'), style = getComputedStyle(input);
+    const end = input.getBoundingClientRect().right - parseFloat(style.paddingRight);
+    return [style.textOverflow === 'ellipsis' ? end : Infinity, picker.querySelector('.icon-wrap').getBoundingClientRect().left]; }"""
+
+
 def test_on_a_phone_both_answers_are_side_by_side(browser, shipped_server):
     phone = open_page(browser, shipped_server, 390, 844)
     try:
@@ -177,6 +182,9 @@ def test_on_a_phone_both_answers_are_side_by_side(browser, shipped_server):
             assert viewport.evaluate("v => v.scrollWidth <= v.clientWidth"), side
             expect(phone.locator(f"#{side}-table [role=columnheader]", has_text="in the sentence")).to_be_hidden()
             expect(phone.locator(f"#{side}-table [role=columnheader]", has_text="prob.")).to_be_visible()
+            # the picker's name ends in "…" before its arrow, not under it (the card below names the model whole)
+            text_end, arrow = phone.locator(f"#{side}-model").evaluate(PICKER_TEXT_END_AND_ARROW_JS)
+            assert text_end <= arrow, side
         phone.screenshot(path=str(SCREENSHOTS / "compare-phone.png"), full_page=True)
     finally:
         phone.close()

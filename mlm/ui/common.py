@@ -8,7 +8,9 @@ import os
 from mlm.hub import UserError
 
 CSS = ".mask-note {opacity: 0.8; font-size: 0.9em} .answers-stale .answer {opacity: 0.35}" + """
+.model-picker input {text-overflow: ellipsis; padding-right: 24px !important}
 @media (max-width: 640px) {
+  .model-picker input {font-size: 13px}
   .guesses .sizing-body, .guesses [data-heading="3"], .guesses [data-col="3"] {display: none}
   .guesses .header-table, .guesses .virtual-body {width: 100% !important}
   .guesses th, .guesses .body-cell {min-width: 0 !important; max-width: none !important; overflow-wrap: anywhere}
@@ -17,7 +19,8 @@ CSS = ".mask-note {opacity: 0.8; font-size: 0.9em} .answers-stale .answer {opaci
   .guesses [data-heading="0"], .guesses [data-col="0"] {flex: 0 0 47% !important; width: 47% !important}
   .guesses [data-heading="1"], .guesses [data-col="1"] {flex: 0 0 29% !important; width: 29% !important}
   .guesses [data-heading="2"], .guesses [data-col="2"] {flex: 0 0 24% !important; width: 24% !important}
-}"""  # on a phone a top-k table (guesses_table) drops "in the sentence" and fits its half of the screen
+}"""  # on a phone a top-k table (guesses_table) drops "in the sentence" and fits its half of the screen, and a
+# model picker (half a phone's width) ends its name with "…" before the arrow: the card below names the model whole
 
 
 def training_allowed() -> bool:

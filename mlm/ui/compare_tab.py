@@ -170,7 +170,8 @@ def build(app, demo: gr.Blocks) -> dict:
     hide = gr.CheckboxGroup(list(HIDE_OPTIONS), label="Hide guesses that are", elem_id="hide")
     notes = gr.Markdown(elem_id="notes")
     pickers = side_row(lambda side: gr.Dropdown(models, value=left_default if side == "left" else right_default,
-                                                label=f"{side.title()} model", elem_id=f"{side}-model"))
+                                                label=f"{side.title()} model", elem_id=f"{side}-model",
+                                                elem_classes="model-picker"))
     cards = side_row(lambda side: gr.Markdown(app.card(left_default if side == "left" else right_default),
                                               elem_id=f"{side}-card"))
     filled = side_row(lambda side: gr.Textbox(label=FILLED_LABEL, interactive=False, lines=1,

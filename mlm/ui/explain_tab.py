@@ -183,7 +183,8 @@ def build(app, tab: gr.Tab) -> dict:
         run = gr.Button("Explain", variant="primary", scale=1)
     defaults = {"left": left_default, "right": right_default}
     left, right = side_by_side(lambda side: [gr.Dropdown(models, value=defaults[side], label=f"{side.title()} model",
-                                                         elem_id=f"explain-{side}-model")])
+                                                         elem_id=f"explain-{side}-model",
+                                                         elem_classes="model-picker")])
     model_inputs = [left, right]
 
     with gr.Column(elem_id="view-candidates"):
