@@ -10,9 +10,10 @@ batch_size x processes), average their gradients with one all-reduce per step (c
 their evaluation counts.
 
 Bad input exits with status 2 and one line on stderr. SIGINT/SIGTERM (or --max-minutes) finish the current step,
-write a resumable checkpoint and exit 0; `--resume DIR` continues from its step, exactly as if never stopped.
-Checkpoints are also written every --checkpoint-every-steps / --checkpoint-every-minutes (see mlm/durability.py). A
-non-finite loss stops the run as diverged (exit status 3), keeping its last good checkpoint.
+write a resumable checkpoint and exit 0 (mlm/run_stopping.py); `--resume DIR` continues from its step, exactly as if
+never stopped. Checkpoints are also written every --checkpoint-every-minutes, and --checkpoint-every-steps if given
+(mlm/durability.py, mlm/run_checkpoints.py). A non-finite loss stops the run as diverged (exit status 3), keeping its
+last good checkpoint. Validation metrics: mlm/evaluation.py.
 """
 
 from __future__ import annotations
