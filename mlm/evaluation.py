@@ -38,6 +38,12 @@ def batch_totals(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     ])
 
 
+def predictions_in(objective, inputs: torch.Tensor, labels: torch.Tensor, autocast: torch.dtype | None):
+    """`objective.predictions(inputs, labels)` in the run's precision: under autocast to `autocast`, or as is."""
+    with torch.autocast(inputs.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+        return objective.predictions(inputs, labels)
+
+
 @torch.no_grad()
 def validation_totals(objective, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
                       autocast: torch.dtype | None, abandon: Callable[[int], bool]) -> torch.Tensor | None:
@@ -47,7 +53,6 @@ def validation_totals(objective, inputs: torch.Tensor, labels: torch.Tensor, bat
     for index, start in enumerate(range(0, len(inputs), batch_size)):
         if abandon(index):
             return None
-        with torch.autocast(inputs.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-            logits, targets = objective.predictions(inputs[start:start + batch_size], labels[start:start + batch_size])
-        totals += batch_totals(logits, targets)
+        totals += batch_totals(*predictions_in(objective, inputs[start:start + batch_size],
+                                               labels[start:start + batch_size], autocast))
     return totals

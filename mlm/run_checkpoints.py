@@ -17,6 +17,7 @@ import torch
 
 from mlm import checkpoint as ckpt
 from mlm import durability
+from mlm.evaluation import predictions_in
 from mlm.model import bert_for_masked_lm, parameter_count, save_model
 from mlm.snapshots import card_section
 
@@ -111,8 +112,7 @@ class Checkpointing:
         finite = torch.stack([p.isfinite().all() for p in self.trainable_state().values()]).all()
         model = bert_for_masked_lm(self.model).eval()
         batch = slice(0, self.config.eval_batch_size)
-        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
-            logits, _ = self.eval_objective.predictions(self.valid_inputs[batch], self.valid_labels[batch])
+        logits, _ = predictions_in(self.eval_objective, self.valid_inputs[batch], self.valid_labels[batch], self.autocast)
         model.train()
         broken = (~(finite & logits.isfinite().all())).float()
         return not self.accelerator.reduce(broken, "max").item()  # usable only if usable on every process
