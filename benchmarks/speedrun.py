@@ -83,10 +83,7 @@ def patched(change: str | None):
         return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX)
 
     def torch_cross_entropy(self, input_ids, labels):  # the output layer and F.cross_entropy, as before the fused loss
-        hidden, weight, bias, targets = self.output_layer(input_ids, labels)
-        logits = mlm.layers.linear(hidden, *self.padded(weight, bias, mlm.layers.product_dtype(weight)))
-        with torch.autocast(logits.device.type, enabled=False):
-            return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX).float()
+        return self.torch_loss(*self.output_layer(input_ids, labels))
 
     def separate_qkv(self, x):  # three projections, as before the fused one
         batch, length, width = x.shape

@@ -75,6 +75,11 @@ class MaskedLMObjective(nn.Module):
         hidden, weight, bias, targets = self.output_layer(input_ids, labels)
         if layers.custom_backward_applies(hidden, weight):  # (looked up at call time: tests force it on the CPU)
             return OutputLayerLoss.apply(hidden, weight, bias, targets, product_dtype(weight))
+        return self.torch_loss(hidden, weight, bias, targets)
+
+    def torch_loss(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor):
+        """The output layer, then torch's cross-entropy: the path without a GPU backward (benchmarks/speedrun.py
+        also times it on a GPU against OutputLayerLoss)."""
         logits = linear(hidden, *self.padded(weight, bias, product_dtype(weight)))
         if logits.dtype == torch.float32:
             return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)

@@ -140,4 +140,3 @@ def test_layer_norm_outputs_and_gradients_equal_nn_layer_norm(on_the_custom_path
 def test_layer_norm_off_the_gpu_is_torchs():
     ours, _ = norm_pair()
     assert ours(torch.randn(2, 48, requires_grad=True)).grad_fn.name() == "NativeLayerNormBackward0"
-
