@@ -21,10 +21,13 @@ def mark(name: str) -> None:
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mlm.cache import keep_bytecode  # noqa: E402
+
+keep_bytecode()  # as the training command does, before torch
 import torch  # noqa: E402
 
 mark("import torch")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mlm.checkpoint  # noqa: E402
 import mlm.manifest  # noqa: E402
 import mlm.train  # noqa: E402
@@ -91,7 +94,7 @@ def main() -> None:
     outside = DURATIONS.get("evaluations after step 0", 0.0) + DURATIONS.get("checkpoint writing (every save)", 0.0)
     summary = {"loop_s": round(loop, 3), "evaluations_and_checkpoints_share": round(outside / loop, 4) if loop else None}
     print("PHASES " + __import__("json").dumps({"marks": MARKS, "durations": DURATIONS, **summary, "imported": imported,
-                                                "rc": code}), flush=True)
+                                                "bytecode_cache": sys.pycache_prefix, "rc": code}), flush=True)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mlm.cache import cache_folder
 from mlm.data import GROUPING_BATCH, _wikitext_files
 from mlm.hub import UserError
 
 CACHE_VERSION = "blocks-v1"
-
-
-def cache_folder() -> Path:
-    return Path(os.environ.get("MLM_CACHE", Path.home() / ".cache" / "mlm"))
 
 
 def read_lines(path: str) -> list[str]:

@@ -27,6 +27,10 @@ PROCESS_STARTED_AT = time.time()  # before the slow imports below: what the minu
 
 from pathlib import Path
 
+from mlm.cache import keep_bytecode
+
+keep_bytecode()  # before torch: on images that write no bytecode, torch's own is kept in the cache (mlm/cache.py)
+
 import torch
 
 from mlm import checkpoint as ckpt
