@@ -3,7 +3,7 @@
 
 MLM_CHECKPOINTS_DIR points it at another checkpoints folder (default: checkpoints/ beside this file).
 
-Inference requests share one worker thread (mlm.inference) so two forward passes never fight over the two CPUs of a
+Inference requests share one worker thread (mlm.serve.inference) so two forward passes never fight over the two CPUs of a
 free Space; up to FILL_MASK_CONCURRENCY requests wait on it at once and share its next padded forward pass. Of the
 two cores, torch gets one (INFERENCE_THREADS) and the web server the other (see GIL_SWITCH_SECONDS for how the two
 threads share Python). Training runs in its own lower-priority process, so the page stays responsive.
@@ -11,7 +11,7 @@ threads share Python). Training runs in its own lower-priority process, so the p
 A public Space serves a whole class, so nothing one visitor sends may stall it: the queue holds at most QUEUE_SIZE
 events and one session at most EVENTS_PER_SESSION (beyond, "The app is busy: try again in a moment"), request
 bodies over 1 MB are refused before they are read (uploads excepted) and texts over 5,000 characters before they
-are tokenized (mlm.predict.check_text), and errors tell the user what is wrong in their terms while the details go
+are tokenized (mlm.serve.registry.check_text), and errors tell the user what is wrong in their terms while the details go
 to this process's log (stderr).
 """
 
@@ -25,7 +25,7 @@ import torch
 from starlette.middleware import Middleware
 
 from mlm.ui import CSS, DemoApp, build_demo
-from mlm.ui.guards import BodyLimit, cheap_sessions, limit_per_session, set_concurrency
+from mlm.ui.gradio_patches import BodyLimit, cheap_sessions, limit_per_session, set_concurrency
 from mlm.ui.train_tab import upload_limit
 
 # fill_mask requests (API and Compare tab) waiting together on the inference worker: its largest batch. The Explain

@@ -7,7 +7,7 @@ Measures the two default models of the Compare tab (the first two the registry o
   * start: `python app.py` launched until its fill_mask endpoint first answers through gradio_client;
   * in process: ModelRegistry.fill_mask for both models together, after a warm-up;
   * over HTTP: gradio_client's Client.predict("/fill_mask") against that running app (queue, SSE and JSON included);
-  * over HTTP while a training job runs (started as the Train tab does, through mlm.runs), when a local WikiText
+  * over HTTP while a training job runs (started as the Train tab does, through mlm.ui.jobs.jobs), when a local WikiText
     folder is there: shows whether inference stays responsive with both cores busy training;
   * the Explain endpoints in process, both models per measurement: layer_guesses and attention on the same
     sentence, score_sentence (pseudo-log-likelihood) on a 20-word sentence.
@@ -96,8 +96,8 @@ def timed_calls(client, runs: int, left: str, right: str) -> list[float]:
 
 def calls_while_training(client, runs: int, left: str, right: str, data_dir: Path) -> list[float]:
     """fill_mask over HTTP while a CPU training job (as the Train tab starts it) trains in another process."""
-    from mlm.checkpoint import read_metrics
-    from mlm.runs import TrainingJobs, TrainRequest
+    from mlm.runs.checkpoint import read_metrics
+    from mlm.ui.jobs.jobs import TrainingJobs, TrainRequest
 
     with tempfile.TemporaryDirectory() as scratch:
         jobs = TrainingJobs(scratch)
@@ -126,7 +126,7 @@ def in_process(call, runs: int) -> list[float]:
 
 def explain_latencies(registry, runs: int, left: str, right: str) -> dict:
     """p50/p95 of each Explain endpoint for both models together, as the Explain tab calls them."""
-    from mlm.explain import Explainer
+    from mlm.serve.explain import Explainer
 
     explainer = Explainer(registry)
     calls = {
@@ -151,7 +151,7 @@ def main() -> int:
     args = parser.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
 
-    from mlm.predict import ModelRegistry
+    from mlm.serve.registry import ModelRegistry
 
     load_at_start = os.getloadavg()[0]  # anything else busy on the cores shows up in every number below
     registry = ModelRegistry(args.checkpoints_dir)

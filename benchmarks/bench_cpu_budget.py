@@ -34,10 +34,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_train import evaluate  # noqa: E402
-from mlm.checkpoint import read_metrics  # noqa: E402
-from mlm.data import MaskingSpec, fixed_validation_masks, load_mlm_data  # noqa: E402
-from mlm.model import load_model  # noqa: E402
-from mlm.snapshots import PLATEAU_EXIT_LOSS, checkpoint_step  # noqa: E402
+from mlm.runs.checkpoint import read_metrics  # noqa: E402
+from mlm.data.corpus import MaskingSpec, fixed_validation_masks, load_mlm_data  # noqa: E402
+from mlm.model.build import load_model  # noqa: E402
+from mlm.train.snapshots import PLATEAU_EXIT_LOSS, checkpoint_step  # noqa: E402
 
 RUNS = (("budget", "--time-budget"), ("fast", "--max-minutes"), ("scratch", "--max-minutes"))
 

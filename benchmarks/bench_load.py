@@ -280,7 +280,7 @@ def main() -> int:
         args.closed_s, args.flood_events, args.big_mb, args.think_s = 3.0, 30, 2, 1.0
     os.environ["HF_HUB_OFFLINE"] = "1"
 
-    from mlm.predict import ModelRegistry
+    from mlm.serve.registry import ModelRegistry
 
     load_at_start = os.getloadavg()[0]
     models = ModelRegistry(args.checkpoints_dir).names()[:2]

@@ -34,9 +34,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mlm.checkpoint import read_metrics  # noqa: E402
-from mlm.data import IGNORE_INDEX, MaskingSpec, fixed_validation_masks, load_mlm_data  # noqa: E402
-from mlm.model import scratch_model  # noqa: E402
+from mlm.runs.checkpoint import read_metrics  # noqa: E402
+from mlm.data.corpus import IGNORE_INDEX, MaskingSpec, fixed_validation_masks, load_mlm_data  # noqa: E402
+from mlm.model.build import scratch_model  # noqa: E402
 
 SEQ = 128
 

@@ -1,10 +1,10 @@
-"""GPU check of mlm.layers and the output layer's loss (the backward a CPU run never takes): torch's results.
+"""GPU check of mlm.fast.layers and the output layer's loss (the backward a CPU run never takes): torch's results.
 
 tests/test_layers.py and tests/test_speedrun.py run the custom backward on the CPU; on a GPU it also writes bf16
 products straight to fp32 (`torch.mm(..., out_dtype=torch.float32)`) and, for few rows, computes parameter
 gradients on a second CUDA stream. Here, on the GPU, at the `fast` step's sizes: one linear layer's and one layer
 norm's output and gradients against torch's (fp32 and bf16 autocast), then the whole plain model's MLM loss and
-gradients with the custom backward (mlm.layers, mlm.objective.OutputLayerLoss) against the same model with torch's
+gradients with the custom backward (mlm.fast.layers, mlm.train.objective.OutputLayerLoss) against the same model with torch's
 layers and cross-entropy: one batch of 128 x 128 tokens (bf16 autocast and fp32) and one of 8 x 128, the original
 recipe's (bf16, parameter gradients on the second stream).
 
@@ -17,12 +17,12 @@ import json
 import torch
 from torch import nn
 
-import mlm.layers
-from mlm.data import MaskingSpec, mask_tokens, max_predictions
-from mlm.layers import LayerNorm, Linear
-from mlm.model import scratch_bert
-from mlm.objective import MaskedLMObjective
-from mlm.tokenizer_files import TokenizerFiles
+import mlm.fast.layers
+from mlm.data.corpus import MaskingSpec, mask_tokens, max_predictions
+from mlm.fast.layers import LayerNorm, Linear
+from mlm.model.build import scratch_bert
+from mlm.train.objective import MaskedLMObjective
+from mlm.data.tokenizer import TokenizerFiles
 
 device = torch.device("cuda")
 torch.backends.cuda.matmul.allow_tf32 = True
@@ -58,10 +58,10 @@ def layer_check(dtype, kind: str) -> dict:
 
 
 def attention_check() -> dict:
-    """mlm.layers.attention at the original recipe's size (FlashAttention first) against torch's own choice."""
+    """mlm.fast.layers.attention at the original recipe's size (FlashAttention first) against torch's own choice."""
     torch.manual_seed(0)
     q, k, v = (torch.randn(8, 4, 128, 64, device=device, dtype=torch.bfloat16) for _ in range(3))
-    return {"relative error": relative_error(mlm.layers.attention(q, k, v, 0.0),
+    return {"relative error": relative_error(mlm.fast.layers.attention(q, k, v, 0.0),
                                              torch.nn.functional.scaled_dot_product_attention(q, k, v))}
 
 
@@ -73,7 +73,7 @@ def model_check(autocast: bool, blocks: int = 128) -> dict:
     inputs, labels = mask_tokens(blocks, spec)
     results = []
     for custom in (True, False):
-        mlm.layers.custom_backward_applies = (lambda x, w: True) if custom else (lambda x, w: False)
+        mlm.fast.layers.custom_backward_applies = (lambda x, w: True) if custom else (lambda x, w: False)
         torch.manual_seed(0)
         model = scratch_bert(tokenizer, 0.0).to(device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):

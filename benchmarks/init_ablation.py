@@ -1,5 +1,5 @@
 """Does an initialisation shorten the loss plateau? Trains recipes in one process with the from-scratch model's
-init replaced, and records each validation curve (the data behind the mimetic init, mlm/model.py).
+init replaced, and records each validation curve (the data behind the mimetic init, mlm/model/build.py).
 
     python benchmarks/init_ablation.py --data-dir DIR --out OUT "NAME|INIT|SEED|FLAGS" ...
 
@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import mlm.train  # noqa: E402
-from mlm.checkpoint import read_metrics  # noqa: E402
-from mlm.model import mimetic_attention, scratch_model, sinusoidal_positions  # noqa: E402
+import mlm.train.trainer  # noqa: E402
+from mlm.runs.checkpoint import read_metrics  # noqa: E402
+from mlm.model.build import mimetic_attention, scratch_model, sinusoidal_positions  # noqa: E402
 from speedrun import trainer_for  # noqa: E402
 
 
@@ -52,7 +52,7 @@ def main() -> None:
     results = {}
     for line in args.runs:
         name, spec, seed, flags = line.split("|")
-        mlm.train.scratch_model = with_init(spec)
+        mlm.train.trainer.scratch_model = with_init(spec)
         trainer = trainer_for(f"{flags} --seed {seed}", args.data_dir)
         started = time.perf_counter()
         trainer.fit()

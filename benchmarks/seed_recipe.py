@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_train import evaluate, hf_trainer, reference_loop  # noqa: E402
-from mlm.data import (  # noqa: E402
+from mlm.data.corpus import (  # noqa: E402
     MaskingSpec, blocks_tensor, fixed_validation_masks, group_into_blocks, load_corpus, load_mlm_data,
 )
 

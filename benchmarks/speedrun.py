@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_train import model_flops_per_token  # noqa: E402
-from mlm.checkpoint import read_metrics  # noqa: E402
+from mlm.runs.checkpoint import read_metrics  # noqa: E402
 from mlm.config import config_from_args  # noqa: E402
-from mlm.train import Trainer  # noqa: E402
+from mlm.train.trainer import Trainer  # noqa: E402
 
 THROUGHPUT = {  # name: (flags, what to undo or change for an A/B of one step change)
     "fast_b128": ("--preset fast", None),
@@ -63,11 +63,11 @@ def patched(change: str | None):
 
     import torch.nn.functional as F
 
-    import mlm.bert
-    import mlm.layers
-    import mlm.objective
-    from mlm.data import IGNORE_INDEX
-    from mlm.objective import MaskedLMObjective
+    import mlm.model.bert
+    import mlm.fast.layers
+    import mlm.train.objective
+    from mlm.data.corpus import IGNORE_INDEX
+    from mlm.train.objective import MaskedLMObjective
 
     @contextlib.contextmanager
     def swap(owner, name, value):
@@ -106,21 +106,21 @@ def patched(change: str | None):
     if change == "unpadded_vocab":
         return swap(MaskedLMObjective, "VOCAB_MULTIPLE", 1)
     if change == "torch_layers":  # torch's backward for every linear and layer-norm layer
-        return swap(mlm.layers, "custom_backward_applies", lambda x, weight: False)
+        return swap(mlm.fast.layers, "custom_backward_applies", lambda x, weight: False)
     if change == "torch_layer_norm":
-        return swap(mlm.layers.LayerNorm, "forward", torch.nn.LayerNorm.forward)
+        return swap(mlm.fast.layers.LayerNorm, "forward", torch.nn.LayerNorm.forward)
     if change == "one_stream":  # parameter gradients after the input gradients, on the one stream
         stack = contextlib.ExitStack()
-        for module in (mlm.layers, mlm.objective):
+        for module in (mlm.fast.layers, mlm.train.objective):
             stack.enter_context(swap(module, "concurrently", lambda side, main, device, rows: (side(), main())))
         return stack
     if change == "cudnn_attention":  # cuDNN's attention first (torch's own order on an H200) at any size
-        cudnn_first = [torch.nn.attention.SDPBackend.CUDNN_ATTENTION, *mlm.layers.FLASH_FIRST]
-        return swap(mlm.layers, "FLASH_FIRST", cudnn_first)
+        cudnn_first = [torch.nn.attention.SDPBackend.CUDNN_ATTENTION, *mlm.fast.layers.FLASH_FIRST]
+        return swap(mlm.fast.layers, "FLASH_FIRST", cudnn_first)
     if change == "torch_cross_entropy":
         return swap(MaskedLMObjective, "forward", torch_cross_entropy)
     if change == "separate_qkv":
-        return swap(mlm.bert.SelfAttention, "forward", separate_qkv)
+        return swap(mlm.model.bert.SelfAttention, "forward", separate_qkv)
     return contextlib.nullcontext()
 
 
@@ -232,8 +232,8 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from mlm.data import load_tokenizer
-    from mlm.model import scratch_model
+    from mlm.data.corpus import load_tokenizer
+    from mlm.model.build import scratch_model
 
     flops = model_flops_per_token(scratch_model(load_tokenizer()).config)
     report = {"machine": torch.cuda.get_device_name(), "torch": torch.__version__}

@@ -28,11 +28,11 @@ keep_bytecode()  # as the training command does, before torch
 import torch  # noqa: E402
 
 mark("import torch")
-import mlm.checkpoint  # noqa: E402
-import mlm.manifest  # noqa: E402
-import mlm.train  # noqa: E402
+import mlm.runs.checkpoint  # noqa: E402
+import mlm.runs.manifest  # noqa: E402
+import mlm.train.trainer  # noqa: E402
 
-mark("import mlm.train")
+mark("import mlm.train.trainer")
 DURATIONS: dict[str, float] = {}
 
 
@@ -66,27 +66,27 @@ def mark_first_step(owner) -> None:
     owner.__call__ = wrapper
 
 
-for step_class in (mlm.train.TrainStep, mlm.train.GraphedTrainStep):
+for step_class in (mlm.train.trainer.TrainStep, mlm.train.trainer.GraphedTrainStep):
     mark_first_step(step_class)
-timed(mlm.train, "load_plain_tokenizer", "data")  # a from-scratch run reads the tokenizer without transformers
-timed(mlm.train, "load_mlm_data", "data")
-timed(mlm.train.Trainer, "initial_model", "model")
-timed(mlm.train.GraphedTrainStep, "__init__", "graph capture (with 3 warm-up steps)")
-timed(mlm.train.Trainer, "evaluate",  # the one at step 0 is start-up (before the first step), the others the loop's
+timed(mlm.train.trainer, "load_plain_tokenizer", "data")  # a from-scratch run reads the tokenizer without transformers
+timed(mlm.train.trainer, "load_mlm_data", "data")
+timed(mlm.train.trainer.Trainer, "initial_model", "model")
+timed(mlm.train.trainer.GraphedTrainStep, "__init__", "graph capture (with 3 warm-up steps)")
+timed(mlm.train.trainer.Trainer, "evaluate",  # the one at step 0 is start-up (before the first step), the others the loop's
       lambda trainer, step: "evaluation at step 0" if step == 0 else "evaluations after step 0")
-timed(mlm.train.Trainer, "save", "checkpoint writing (every save)")
-timed(mlm.train.Trainer, "save_best", "  of which best/")
-timed(mlm.checkpoint, "save_training_state", "  of which optimizer state")
-timed(mlm.train.Trainer, "save_model_files", "  of which model files (best/ too)")
-timed(mlm.train.Trainer, "weights_usable", "  of which the finite-weights check")
-timed(mlm.manifest, "file_sha256", "  of which sha256 + fsync (manifest; summed over its threads)")
+timed(mlm.train.trainer.Trainer, "save", "checkpoint writing (every save)")
+timed(mlm.train.trainer.Trainer, "save_best", "  of which best/")
+timed(mlm.runs.checkpoint, "save_training_state", "  of which optimizer state")
+timed(mlm.train.trainer.Trainer, "save_model_files", "  of which model files (best/ too)")
+timed(mlm.train.trainer.Trainer, "weights_usable", "  of which the finite-weights check")
+timed(mlm.runs.manifest, "file_sha256", "  of which sha256 + fsync (manifest; summed over its threads)")
 
 
 def main() -> None:
     if torch.cuda.is_available():
         torch.zeros(1, device="cuda")
         mark("CUDA context")
-    code = mlm.train.main(sys.argv[1:])
+    code = mlm.train.trainer.main(sys.argv[1:])
     mark("end of main")
     imported = {name: name in sys.modules for name in ("transformers", "datasets", "accelerate", "torch._dynamo")}
     # issue 12's target 3b: evaluations after step 0 and checkpoint writing against the loop (first step to exit)

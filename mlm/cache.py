@@ -1,6 +1,6 @@
 """Where the package keeps what it can rebuild: `MLM_CACHE`, default ~/.cache/mlm.
 
-Two things live there: the token blocks of a WikiText folder (mlm/fastdata.py) and, on machines told to write no
+Two things live there: the token blocks of a WikiText folder (mlm/data/blocks.py) and, on machines told to write no
 bytecode, the compiled Python of a training command (`keep_bytecode`). This module imports nothing heavy: the
 training command calls `keep_bytecode` before it imports torch.
 """

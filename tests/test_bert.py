@@ -1,4 +1,4 @@
-"""The plain-torch BERT (mlm.bert) against transformers' BertForMaskedLM: same start, same outputs, same files."""
+"""The plain-torch BERT (mlm.model.bert) against transformers' BertForMaskedLM: same start, same outputs, same files."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
 from conftest import WIKITEXT_DIR
-import mlm.layers
-from mlm import bert
-from mlm.data import MaskingSpec, max_predictions
-from mlm.fastdata import read_lines
+import mlm.fast.layers
+from mlm.model import bert
+from mlm.data.corpus import MaskingSpec, max_predictions
+from mlm.data.blocks import read_lines
 from mlm.hub import minilm_path
-from mlm.model import parameter_count, scratch_bert, scratch_config, scratch_model
-from mlm.objective import MaskedLMObjective
-from mlm.snapshots import unique_tensors
-from mlm.tokenizer_files import TokenizerFiles
+from mlm.model.build import parameter_count, scratch_bert, scratch_config, scratch_model
+from mlm.train.objective import MaskedLMObjective
+from mlm.train.snapshots import unique_tensors
+from mlm.data.tokenizer import TokenizerFiles
 from test_model import masked_batch, tokenizer  # noqa: F401 - the same fixtures
 
 BERT_FOLDER = WIKITEXT_DIR.parent / "bert-base-uncased"
@@ -107,11 +107,11 @@ def test_fast_loss_of_the_plain_model_equals_transformers_loss(tokenizer, masked
 @pytest.mark.parametrize("gpu_backward", [None, "many-rows", "few-rows"])
 def test_fast_loss_gradients_of_the_plain_model_equal_transformers(tokenizer, masked_batch, request, monkeypatch,
                                                                    gpu_backward):
-    """Also with the GPU backward of the layers and of the output layer's loss (mlm.layers, mlm.objective), which a
+    """Also with the GPU backward of the layers and of the output layer's loss (mlm.fast.layers, mlm.train.objective), which a
     CPU run does not take: forced here, as for `fast`'s many rows and for the original recipe's few."""
     if gpu_backward:
         request.getfixturevalue("on_the_custom_path")
-        monkeypatch.setattr(mlm.layers, "FEW_ROWS", 0 if gpu_backward == "many-rows" else 10**9)
+        monkeypatch.setattr(mlm.fast.layers, "FEW_ROWS", 0 if gpu_backward == "many-rows" else 10**9)
     model, reference = twins(tokenizer)
     inputs, labels = masked_batch
     reference(input_ids=inputs, labels=labels).loss.backward()

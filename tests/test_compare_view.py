@@ -13,8 +13,8 @@ import torch
 from transformers import pipeline
 
 from conftest import LORA_NAME, SCRATCH_NAME
-from mlm import plots
-from mlm.readable import fill_one, is_piece, is_punctuation, plain_summary, text_notes
+from mlm.ui.plots import curves as plots
+from mlm.serve.readable import fill_one, is_piece, is_punctuation, plain_summary, text_notes
 from mlm.ui import DemoApp
 from mlm.ui import app as app_module
 from mlm.ui.compare_tab import card_markdown
@@ -131,7 +131,7 @@ def test_a_run_in_progress_is_zoomed_to_and_its_sparse_points_have_markers():
 
 
 def train_line(step: int) -> str:
-    """One training record of metrics.jsonl, as mlm.train writes it."""
+    """One training record of metrics.jsonl, as mlm.train.trainer writes it."""
     return json.dumps({"step": step, "epoch": step / 10, "split": "train", "loss": 9.0 - step, "total_steps": 10,
                        "lr": 1e-3, "tokens_per_s": 1e4, "elapsed_s": float(step)}) + "\n"
 

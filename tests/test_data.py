@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from conftest import REPO, WIKITEXT_DIR
-from mlm.data import (
+from mlm.data.corpus import (
     IGNORE_INDEX, MaskingSpec, corpus_stats, fixed_validation_masks, group_into_blocks, load_corpus, load_tokenizer,
     mask_tokens, max_predictions,
 )
-from mlm.hub import UserError
+from mlm.errors import UserError
 
 RAW_DIR = REPO.parent / "shared" / "data" / "wikitext-2-raw-v1"
 BERT_TOKENIZER_DIR = REPO.parent / "shared" / "data" / "bert-base-uncased"
@@ -29,7 +29,7 @@ def test_raw_validation_split_gives_the_reports_1901_blocks():
 
 
 def test_data_cli_prints_counts_as_json(capsys):
-    from mlm.data import main
+    from mlm.data.corpus import main
 
     assert main(["--data-dir", str(RAW_DIR), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["validation"]["blocks"] == 1901

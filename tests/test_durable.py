@@ -2,7 +2,7 @@
 kill -9 at every stage of a publish, tolerant metrics, exact resume, divergence.
 
 Real training runs (tiny: 12 steps of 4 x 32 tokens on a small text corpus, one thread each) are killed at chosen
-points of a publish through mlm.manifest's KILL_ENV, which ends the process as abruptly as kill -9.
+points of a publish through mlm.runs.manifest's KILL_ENV, which ends the process as abruptly as kill -9.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import OFFLINE_ENV, REPO, WIKITEXT_DIR
-from mlm import durability
-from mlm.checkpoint import METRICS_FILE, read_metrics, staged
-from mlm.hub import UserError
-from mlm.manifest import KILL_ENV, checkpoint_problem, committed_stagings, read_manifest
-from mlm.model import load_model
-from mlm.predict import ModelRegistry
-from mlm.train import main
+from mlm.runs import durability
+from mlm.runs.checkpoint import METRICS_FILE, read_metrics, staged
+from mlm.errors import UserError
+from mlm.runs.manifest import KILL_ENV, checkpoint_problem, committed_stagings, read_manifest
+from mlm.model.build import load_model
+from mlm.serve.registry import ModelRegistry
+from mlm.train.trainer import main
 
 # 24 blocks of 32 tokens, batch 4: 6 steps an epoch, 12 in all; periodic checkpoints at steps 4 and 8, the last at 12
 TINY = ["--max-train-blocks", "24", "--max-eval-blocks", "4", "--block-size", "32", "--batch-size", "4",
@@ -150,7 +150,7 @@ def test_checkpoint_schedule_by_steps_and_by_minutes(monkeypatch):
 
 def recover_killed_at(run_dir: Path, stage: int) -> int:
     """Finish the run folder's committed publish in a fresh process that dies after `stage` of its steps."""
-    code = "import sys; from pathlib import Path; from mlm.manifest import recover; recover(Path(sys.argv[1]))"
+    code = "import sys; from pathlib import Path; from mlm.runs.manifest import recover; recover(Path(sys.argv[1]))"
     done = subprocess.run([sys.executable, "-c", code, str(run_dir)], cwd=REPO, env={**ENV, KILL_ENV: f"1:{stage}"},
                           capture_output=True, text=True, timeout=120)
     assert done.returncode in (0, KILLED), done.stderr
@@ -257,7 +257,7 @@ def test_a_damaged_checkpoint_is_refused_on_resume_and_on_load(uninterrupted, tm
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
     registry = ModelRegistry(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="mlm.predict"):
+    with caplog.at_level(logging.WARNING, logger="mlm.serve.registry"):
         answer = registry.answer("run", "The [MASK] sat down.", 3)
     assert "damaged or incomplete" in answer["error"] and "\n" not in answer["error"]  # the client: one line
     assert "model.safetensors does not match" in caplog.text  # the log: which file
@@ -288,8 +288,8 @@ def test_failed_save_leaves_no_staging_folder(tmp_path):
 
 
 def test_damaged_metrics_lines_are_skipped_and_reported(uninterrupted, tmp_path, caplog):
-    from mlm import plots
-    from mlm.runs import run_status
+    from mlm.ui.plots import curves as plots
+    from mlm.ui.jobs.jobs import run_status
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -298,12 +298,12 @@ def test_damaged_metrics_lines_are_skipped_and_reported(uninterrupted, tmp_path,
                b'{"step": 5, "split": "train"}\n', b'{"step": 6, "epoch": 1.0, "split": "valid", "loss": NaN, '
                b'"perplexity": NaN, "top1": 0, "top5": 0, "total_steps": 12}\n']
     (run_dir / METRICS_FILE).write_bytes(b"".join(good[:3] + damaged + good[3:]) + b'{"step": 13, "ep')
-    with caplog.at_level(logging.WARNING, logger="mlm.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="mlm.runs.checkpoint"):
         records = read_metrics(run_dir)
     assert records == read_metrics(uninterrupted)
     assert len([r for r in caplog.records if "skipped" in r.getMessage()]) == len(damaged)  # the cut last line: not
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="mlm.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="mlm.runs.checkpoint"):
         read_metrics(run_dir)
     assert not caplog.records  # reported once, not at every refresh
     status = run_status(run_dir, exit_code=0)  # the Train tab's status and the Curves tab still work
@@ -361,7 +361,7 @@ def test_fill_mask_never_answers_nan(uninterrupted, tmp_path, caplog):
     broken_copy(uninterrupted, tmp_path / "nan-weights", nan_weight)
     broken_copy(uninterrupted, tmp_path / "huge-logits", huge_logits)
     registry = ModelRegistry(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="mlm.predict"):
+    with caplog.at_level(logging.WARNING, logger="mlm.serve.registry"):
         answer = registry.fill_mask("The [MASK] sat down.", 3, "nan-weights", "huge-logits")
     strict_json(json.dumps(answer))
     assert "cannot load the checkpoint of 'nan-weights'" in answer["left"]["error"]

@@ -1,4 +1,4 @@
-"""Validation metrics (mlm/evaluation.py) against independent computations: torch's topk for the hits, and the
+"""Validation metrics (mlm/train/evaluation.py) against independent computations: torch's topk for the hits, and the
 shipped model's own `BertForMaskedLM(...).loss` over real WikiText-2 validation blocks for the loss."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import REPO, WIKITEXT_DIR
-from mlm.data import IGNORE_INDEX, MaskingSpec, fixed_validation_masks, load_mlm_data
-from mlm.evaluation import batch_totals, target_ranks, validation_totals
-from mlm.model import load_model
-from mlm.objective import MaskedLMObjective
+from mlm.data.corpus import IGNORE_INDEX, MaskingSpec, fixed_validation_masks, load_mlm_data
+from mlm.train.evaluation import batch_totals, target_ranks, validation_totals
+from mlm.model.build import load_model
+from mlm.train.objective import MaskedLMObjective
 
 
 def test_ranks_give_the_hits_topk_gives():

@@ -10,9 +10,9 @@ import torch
 from transformers import AutoTokenizer, pipeline
 
 from conftest import LORA_NAME, REPO, SCRATCH_NAME
-from mlm.explain import MAX_VIEW_TOKENS, Explainer
-from mlm.model import load_model
-from mlm.predict import ModelRegistry
+from mlm.serve.explain import MAX_VIEW_TOKENS, Explainer
+from mlm.model.build import load_model
+from mlm.serve.registry import ModelRegistry
 from mlm.ui import DemoApp
 
 MODELS = [SCRATCH_NAME, LORA_NAME]

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from conftest import WIKITEXT_DIR
-from mlm import fastdata
-from mlm.data import (
+from mlm.data import blocks as fastdata
+from mlm.data.corpus import (
     blocks_tensor, group_into_blocks, load_corpus, load_mlm_data, load_plain_tokenizer, load_tokenizer,
 )
-from mlm.hub import UserError
+from mlm.errors import UserError
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""mlm.layers against torch's nn.Linear and nn.LayerNorm: the same outputs and gradients (fp32 and bf16 autocast),
+"""mlm.fast.layers against torch's nn.Linear and nn.LayerNorm: the same outputs and gradients (fp32 and bf16 autocast),
 parameters and initialisation.
 
 The custom backward runs on GPUs only; here `custom_backward_applies` is replaced so that it runs on the CPU
@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from mlm.layers import LayerNorm, Linear, column_sums, linear, matmul_to
+from mlm.fast.layers import LayerNorm, Linear, column_sums, linear, matmul_to
 
 
 def pair(bias: bool = True):

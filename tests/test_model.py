@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlm.data import MaskingSpec, load_tokenizer, mask_tokens, max_predictions
-from mlm.hub import UserError
-from mlm.model import add_lora, load_model, parameter_count, save_model, scratch_bert, scratch_model
-from mlm.objective import MaskedLMObjective
+from mlm.data.corpus import MaskingSpec, load_tokenizer, mask_tokens, max_predictions
+from mlm.errors import UserError
+from mlm.model.build import add_lora, load_model, parameter_count, save_model, scratch_bert, scratch_model
+from mlm.train.objective import MaskedLMObjective
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ GPU_PATHS = pytest.mark.parametrize("gpu_path", [False, True], ids=["torch", "gp
 
 @GPU_PATHS
 def test_fast_loss_equals_bert_for_masked_lm(tokenizer, masked_batch, request, gpu_path):
-    """Also on the path a GPU step takes (mlm.layers' backward, the fused output-layer loss), forced on the CPU."""
+    """Also on the path a GPU step takes (mlm.fast.layers' backward, the fused output-layer loss), forced on the CPU."""
     if gpu_path:
         request.getfixturevalue("on_the_custom_path")
     torch.manual_seed(0)
@@ -123,7 +123,7 @@ def test_lora_checkpoint_is_small_and_reloads_merged(tokenizer, tmp_path, masked
     base = tmp_path / "base"
     torch.manual_seed(0)
     scratch_model(tokenizer).save_pretrained(base)
-    from mlm.model import pretrained_model
+    from mlm.model.build import pretrained_model
 
     model = add_lora(pretrained_model(str(base)), rank=4)
     with torch.no_grad():

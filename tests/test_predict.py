@@ -10,9 +10,9 @@ import torch
 from transformers import AutoTokenizer, pipeline
 
 from conftest import LORA_NAME, SCRATCH_NAME
-from mlm.model import load_model
-from mlm.predict import MAX_MASKS, ModelRegistry, check_text, fill_in, normalise_masks
-from mlm.hub import UserError
+from mlm.model.build import load_model
+from mlm.serve.registry import MAX_MASKS, ModelRegistry, check_text, fill_in, normalise_masks
+from mlm.errors import UserError
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ import time
 import pytest
 
 from conftest import OFFLINE_ENV, REPO, WIKITEXT_DIR
-from mlm.data import load_corpus
-from mlm.failures import one_line_error
-from mlm.progress import ProgressWriter, evaluations_expected, read_progress
-from mlm.run_status import run_status
-from mlm.train_request import TrainRequest
+from mlm.data.corpus import load_corpus
+from mlm.errors import one_line_error
+from mlm.runs.progress import ProgressWriter, evaluations_expected, read_progress
+from mlm.ui.jobs.status import run_status
+from mlm.ui.jobs.request import TrainRequest
 from mlm.ui import DemoApp
 from mlm.ui.train_tab import status_markdown, upload_limit
 
@@ -215,7 +215,7 @@ def test_requests_carry_the_validation_cap(tmp_path):
 
 
 def test_the_trainer_answers_a_non_utf8_corpus_and_a_full_disk_in_one_line(tmp_path, capsys):
-    from mlm.train import main
+    from mlm.train.trainer import main
 
     latin = tmp_path / "latin-1.txt"
     latin.write_bytes("Un caf\u00e9.\nDeux cr\u00e8mes.\nTrois.\n".encode("latin-1"))

@@ -17,11 +17,11 @@ from gradio_client import Client
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, pipeline
 
 from conftest import LORA_NAME, SCRATCH_NAME
-from mlm.inference import MicroBatcher, TracedEncoders, chunks_by_tokens, masked_top_k
-from mlm.model import load_model
-from mlm.predict import MAX_TEXT_CHARS, ModelRegistry
+from mlm.serve.inference import MicroBatcher, TracedEncoders, chunks_by_tokens, masked_top_k
+from mlm.model.build import load_model
+from mlm.serve.registry import MAX_TEXT_CHARS, ModelRegistry
 from mlm.ui import DemoApp, build_demo
-from mlm.ui.guards import BUSY_MESSAGE, TOO_LARGE_MESSAGE, cheap_sessions, limit_per_session
+from mlm.ui.gradio_patches import BUSY_MESSAGE, TOO_LARGE_MESSAGE, cheap_sessions, limit_per_session
 
 # A class name (SafetensorError, AttributeError, ...) or a path of the server in a message meant for a visitor.
 INTERNALS = re.compile(r"\b\w*(Error|Exception)\b|/tmp/|/work/|/home/|/root/")

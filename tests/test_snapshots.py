@@ -12,12 +12,12 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import OFFLINE_ENV, REPO, SCRATCH_NAME, train_tiny
-from mlm.checkpoint import read_metrics
-from mlm.predict import ModelRegistry
-from mlm.snapshots import (
+from mlm.runs.checkpoint import read_metrics
+from mlm.serve.registry import ModelRegistry
+from mlm.train.snapshots import (
     FAITHFUL_TOP1, GROUP, SNAPSHOT_DIR, decode, encode, planned_steps, read_manifest, seeded_start,
 )
-from mlm.timelapse import SnapshotModels
+from mlm.serve.timelapse import SnapshotModels
 
 TINY = ["--preset", "scratch", "--max-train-blocks", "64", "--max-eval-blocks", "16", "--batch-size", "8"]
 SENTENCE = "The capital of France is [MASK]."
@@ -131,8 +131,8 @@ def test_bad_requests_get_one_line_messages(models):
 
 KILL_ON_SECOND_FILE = """
 import os, signal, sys
-import mlm.snapshots as snapshots
-from mlm.train import main
+import mlm.train.snapshots as snapshots
+from mlm.train.trainer import main
 real_save, calls = snapshots.save_file, []
 
 def save_then_die(tensors, path, metadata=None):

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from conftest import WIKITEXT_DIR
-from mlm.checkpoint import read_metrics
+from mlm.runs.checkpoint import read_metrics
 from mlm.config import PRESETS, TrainConfig
-from mlm.data import IGNORE_INDEX, MaskingSpec, load_tokenizer, mask_tokens, max_predictions
-from mlm.model import scratch_bert, scratch_model
-from mlm.objective import MaskedLMObjective
-from mlm.step import masking_schedule
-from mlm.train import main
+from mlm.data.corpus import IGNORE_INDEX, MaskingSpec, load_tokenizer, mask_tokens, max_predictions
+from mlm.model.build import scratch_bert, scratch_model
+from mlm.train.objective import MaskedLMObjective
+from mlm.train.step import masking_schedule
+from mlm.train.trainer import main
 
 TINY = ["--max-train-blocks", "16", "--max-eval-blocks", "8", "--batch-size", "8", "--log-every", "1"]
 
@@ -43,7 +43,7 @@ def test_masking_schedule_runs_linearly_from_start_to_end():
     assert masking_schedule(70, 101, 0.3, None) == 0.3
 
 
-@pytest.mark.parametrize("build", [scratch_model, scratch_bert], ids=["transformers", "mlm.bert"])
+@pytest.mark.parametrize("build", [scratch_model, scratch_bert], ids=["transformers", "mlm.model.bert"])
 @pytest.mark.parametrize("gpu_path", [False, True], ids=["torch", "gpu-backward-forced"])
 def test_bf16_loss_and_gradients_match_bert_for_masked_lm(tokenizer, build, request, gpu_path):
     """The bf16 path computes the softmax on bf16 logits (no fp32 copy): same loss and gradient direction as the
@@ -114,8 +114,8 @@ def test_scheduled_run_evaluates_every_n_epochs_and_resumes_on_schedule(tmp_path
 
 
 def test_auto_precision_is_bf16_on_any_bf16_gpu_batch_and_fp32_without(monkeypatch):
-    """bf16 at the original recipe's batch of 8 too (it pays with mlm.layers' backward); the explicit choices win."""
-    from mlm.train import autocast_dtype
+    """bf16 at the original recipe's batch of 8 too (it pays with mlm.fast.layers' backward); the explicit choices win."""
+    from mlm.train.trainer import autocast_dtype
 
     cuda = torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
@@ -130,7 +130,7 @@ def test_output_layer_loss_equals_torch_cross_entropy(on_the_custom_path, autoca
     """The fused output-layer loss (vocabulary padded inside, softmax kept, gradient formed in place, 1/n applied
     beside the products) against F.linear + F.cross_entropy over the real vocabulary: loss and the gradients of
     input, weight and bias, with ignored rows; a batch with nothing to predict has loss 0 and zero gradients."""
-    from mlm.objective import OutputLayerLoss
+    from mlm.train.objective import OutputLayerLoss
 
     torch.manual_seed(0)
     x = torch.randn(40, 32, requires_grad=True)

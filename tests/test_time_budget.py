@@ -10,11 +10,11 @@ import time
 import pytest
 
 from conftest import OFFLINE_ENV, REPO, WIKITEXT_DIR
-from mlm.checkpoint import read_metrics
+from mlm.runs.checkpoint import read_metrics
 from mlm.config import PRESETS, config_from_args
-from mlm.hub import UserError
-from mlm.schedule import TimeBudgetSchedule
-from mlm.step import linear_schedule
+from mlm.errors import UserError
+from mlm.train.schedule import TimeBudgetSchedule
+from mlm.train.step import linear_schedule
 
 
 class FakeClock:

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from conftest import OFFLINE_ENV, REPO, WIKITEXT_DIR, train_tiny
-from mlm.checkpoint import read_metrics
-from mlm.train import main
+from mlm.runs.checkpoint import read_metrics
+from mlm.train.trainer import main
 
 TINY = ["--max-train-blocks", "160", "--max-eval-blocks", "16"]
 
@@ -93,9 +93,9 @@ def test_two_processes_split_the_batch_and_stay_in_step(tmp_path):
 
 
 def test_resume_restores_the_optimizer_state(trained_run, tmp_path):
-    from mlm.checkpoint import load_training_state
-    from mlm.model import pretrained_model
-    from mlm.step import build_optimizer
+    from mlm.runs.checkpoint import load_training_state
+    from mlm.model.build import pretrained_model
+    from mlm.train.step import build_optimizer
 
     model = pretrained_model(str(trained_run))
     optimizer = build_optimizer(model, 5e-4, 0.0, (0.9, 0.999), torch.device("cpu"))

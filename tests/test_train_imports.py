@@ -11,15 +11,15 @@ import torch
 from transformers import pipeline
 
 from conftest import OFFLINE_ENV, REPO, WIKITEXT_DIR
-from mlm import bert
-from mlm.checkpoint import STATE_DIR, STATE_FILE
-from mlm.tokenizer_files import TokenizerFiles
+from mlm.model import bert
+from mlm.runs.checkpoint import STATE_DIR, STATE_FILE
+from mlm.data.tokenizer import TokenizerFiles
 
 # Runs the training command's own main() in a fresh process, then reports which libraries that process imported.
 WRAPPER = """
 import json, sys
-import mlm.train
-code = mlm.train.main(sys.argv[1:])
+import mlm.train.trainer
+code = mlm.train.trainer.main(sys.argv[1:])
 print("IMPORTED " + json.dumps({"rc": code, "transformers": "transformers" in sys.modules,
                                 "datasets": "datasets" in sys.modules, "torch._dynamo": "torch._dynamo" in sys.modules,
                                 "sympy": "sympy" in sys.modules}))

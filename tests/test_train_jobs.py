@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from conftest import OFFLINE_ENV, REPO, WIKITEXT_DIR
-from mlm.checkpoint import read_metrics
-from mlm.model import load_model
-from mlm.progress import read_progress
-from mlm.runs import LOCK_FILE, TrainingJobs
-from mlm.train_request import TrainRequest
+from mlm.runs.checkpoint import read_metrics
+from mlm.model.build import load_model
+from mlm.runs.progress import read_progress
+from mlm.ui.jobs.jobs import LOCK_FILE, TrainingJobs
+from mlm.ui.jobs.request import TrainRequest
 from mlm.ui import DemoApp
 
 # 10 steps of 8 per epoch, and a validation of 15 batches of 16 blocks: long enough to press Stop inside it
@@ -121,8 +121,8 @@ def test_an_upload_is_copied_for_its_run_and_removed_once_the_run_finished(local
 
 APP_WITH_A_JOB = """
 import json, sys, time
-from mlm.runs import TrainingJobs
-from mlm.train_request import TrainRequest
+from mlm.ui.jobs.jobs import TrainingJobs
+from mlm.ui.jobs.request import TrainRequest
 jobs = TrainingJobs(sys.argv[1])
 jobs.start(TrainRequest(**json.loads(sys.argv[2])))
 print(json.dumps({"pid": jobs.pid, "run_dir": str(jobs.run_dir)}), flush=True)

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from conftest import WIKITEXT_DIR
-from mlm.model import load_model
-from mlm.runs import launcher, run_status
-from mlm.train_request import TrainRequest
+from mlm.model.build import load_model
+from mlm.ui.jobs.jobs import launcher, run_status
+from mlm.ui.jobs.request import TrainRequest
 from mlm.ui import DemoApp, build_demo, training_allowed
 
 START_FORM = dict(preset="scratch", source="folder", data_dir=str(WIKITEXT_DIR), upload=None, epochs=1, lr=5e-4,
@@ -217,7 +217,7 @@ def test_stop_from_the_app_reaches_every_process_of_a_multi_process_run(local_ap
     launch uses): SIGTERM to the launcher reaches both workers, they agree on the step, save, and the app says
     "stopped" although the launcher itself exits non-zero."""
     app = local_app
-    monkeypatch.setattr("mlm.runs.launcher",
+    monkeypatch.setattr("mlm.ui.jobs.jobs.launcher",
                         lambda: [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m"])
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")  # gloo on the CPU
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

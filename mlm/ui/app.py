@@ -15,10 +15,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from mlm.checkpoint import METRICS_FILE
-from mlm.predict import ModelRegistry
-from mlm.runs import PROJECT_DIR, TrainingJobs
-from mlm.timelapse import SnapshotModels
+from mlm.runs.checkpoint import METRICS_FILE
+from mlm.serve.registry import ModelRegistry
+from mlm.ui.jobs.jobs import PROJECT_DIR, TrainingJobs
+from mlm.serve.timelapse import SnapshotModels
 from mlm.ui import compare_tab, curves_tab, explain_tab, timelapse_tab, train_tab
 from mlm.ui.common import training_allowed
 

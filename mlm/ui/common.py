@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import os
 
-from mlm.hub import UserError
+from mlm.errors import UserError
 
 CSS = ".mask-note {opacity: 0.8; font-size: 0.9em} .answers-stale .answer {opacity: 0.35}" + """
 .model-picker input {text-overflow: ellipsis; padding-right: 24px !important}

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import gradio as gr
 
-from mlm import plots
-from mlm.hub import UserError
-from mlm.predict import MASK, MAX_MASKS, MAX_TOP_K, fill_in, normalise_masks
-from mlm.readable import is_piece, is_punctuation
+from mlm.ui.plots import curves as plots
+from mlm.errors import UserError
+from mlm.serve.registry import MASK, MAX_MASKS, MAX_TOP_K, fill_in, normalise_masks
+from mlm.serve.readable import is_piece, is_punctuation
 from mlm.ui.common import escape
 
 EXAMPLES = [  # at most 60 characters each: Gradio cuts longer examples with "..."

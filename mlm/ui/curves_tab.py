@@ -11,8 +11,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from mlm import plots
-from mlm.checkpoint import METRICS_FILE, read_metrics
+from mlm.ui.plots import curves as plots
+from mlm.runs.checkpoint import METRICS_FILE, read_metrics
 
 CACHED_VIEWS = 32  # (selection, x axis, focus, metrics versions) -> figures and CSV: one entry per kind of page
 CSV_KEEP_S = 600  # a CSV nobody was sent for this long is deleted (a training run makes a new one per update)

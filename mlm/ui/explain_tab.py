@@ -1,6 +1,6 @@
 """The Explain tab: why each model guesses what it guesses, both models side by side.
 
-Five views (the computations are mlm.explain, the figures mlm.explain_plots): candidate scoring, the guess layer by
+Five views (the computations are mlm.serve.explain, the figures mlm.ui.plots.explain): candidate scoring, the guess layer by
 layer, attention from a token, how surprising each word is (with minimal pairs), and the training corruption.
 """
 
@@ -12,9 +12,9 @@ import random
 
 import gradio as gr
 
-from mlm import explain_plots
-from mlm.explain import MASK_PROBABILITY_RANGE, Explainer
-from mlm.predict import MASK, MAX_TOP_K
+from mlm.ui.plots import explain as explain_plots
+from mlm.serve.explain import MASK_PROBABILITY_RANGE, Explainer
+from mlm.serve.registry import MASK, MAX_TOP_K
 from mlm.ui.common import escape
 
 SENTENCE = "The capital of France is [MASK]."

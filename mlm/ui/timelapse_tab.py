@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import gradio as gr
 
-from mlm.checkpoint import read_metrics
-from mlm.predict import MAX_TOP_K
-from mlm.timelapse_figure import history_figure
+from mlm.runs.checkpoint import read_metrics
+from mlm.serve.registry import MAX_TOP_K
+from mlm.ui.plots.timelapse import history_figure
 from mlm.ui.common import escape
 from mlm.ui.compare_tab import EXAMPLES, column, guesses_table
 

@@ -10,12 +10,13 @@ from pathlib import Path
 import gradio as gr
 
 from mlm.config import PRESETS
-from mlm.estimate import estimate
-from mlm.hub import UserError, hub_reachable
-from mlm.limits import max_upload_bytes
-from mlm.run_status import RunStatus
-from mlm.runs import PROJECT_DIR
-from mlm.train_request import TrainRequest
+from mlm.ui.jobs.estimate import estimate
+from mlm.hub import hub_reachable
+from mlm.errors import UserError
+from mlm.ui.jobs.limits import max_upload_bytes
+from mlm.ui.jobs.status import RunStatus
+from mlm.ui.jobs.jobs import PROJECT_DIR
+from mlm.ui.jobs.request import TrainRequest
 from mlm.ui.common import duration, escape, number, optional, training_allowed
 
 LESSON_MINUTES = 5.0  # "Train for 5 minutes": a --time-budget run that fits a lesson
@@ -171,7 +172,7 @@ def build(app) -> dict:
             max_minutes = gr.Number(5, label=CAP_HELP, minimum=0.1, interactive=allowed)
             max_eval_blocks = gr.Number(400, label="Cap: validation blocks (empty: all; fewer validate faster)",
                                         precision=0, minimum=1, interactive=allowed)
-            five_minutes = gr.Checkbox(False, label=f"Train for {LESSON_MINUTES:g} minutes",  # mlm/schedule.py
+            five_minutes = gr.Checkbox(False, label=f"Train for {LESSON_MINUTES:g} minutes",  # mlm/train/schedule.py
                                        info="the learning rate warms up and decays to 0 over the minutes from Start",
                                        interactive=allowed, elem_id="train-five-minutes")
     with gr.Row():
