@@ -5,13 +5,14 @@
 
 Measures the two default models of the Compare tab (the first two the registry offers), one [MASK], top-5:
   * start: `python app.py` launched until its fill_mask endpoint first answers through gradio_client;
-  * in process: ModelRegistry.fill_mask for both models together, after a warm-up;
+  * in process: Predictor.fill_mask (mlm.serve.answers) for both models together, after a warm-up;
   * over HTTP: gradio_client's Client.predict("/fill_mask") against that running app (queue, SSE and JSON included);
   * over HTTP while a training job runs (started as the Train tab does, through mlm.ui.jobs.jobs), when a local WikiText
     folder is there: shows whether inference stays responsive with both cores busy training;
   * the Explain endpoints in process, both models per measurement: layer_guesses and attention on the same
     sentence, score_sentence (pseudo-log-likelihood) on a 20-word sentence.
-Writes <output-stem>.json and <output-stem>.md (default benchmarks/app_results.*), naming the machine.
+Writes <output-stem>.json and <output-stem>.md (default: a new record folder,
+benchmarks/records/<date>_cpu_app-latency/), naming the machine and the commit.
 """
 
 from __future__ import annotations
@@ -60,13 +61,22 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_app(checkpoints_dir: Path, left: str, right: str):
-    """(server process, connected client, seconds from launch to the first fill_mask answer)."""
+def commit() -> str:
+    """The commit measured, "+ changes" when the working tree differs from it (so a record names its code)."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                           text=True).stdout.strip()
+    return head + (" + uncommitted changes" if dirty else "") if head else "unknown"
+
+
+def start_app(checkpoints_dir: Path, left: str, right: str, app_env: dict[str, str] | None = None):
+    """(server process, connected client, seconds from launch to the first fill_mask answer); `app_env`: more
+    environment variables for the app."""
     from gradio_client import Client
 
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_SERVER_PORT": str(port),
-           "MLM_CHECKPOINTS_DIR": str(checkpoints_dir), "GRADIO_ANALYTICS_ENABLED": "False"}
+           "MLM_CHECKPOINTS_DIR": str(checkpoints_dir), "GRADIO_ANALYTICS_ENABLED": "False", **(app_env or {})}
     started = time.perf_counter()
     server = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
@@ -96,7 +106,7 @@ def timed_calls(client, runs: int, left: str, right: str) -> list[float]:
 
 def calls_while_training(client, runs: int, left: str, right: str, data_dir: Path) -> list[float]:
     """fill_mask over HTTP while a CPU training job (as the Train tab starts it) trains in another process."""
-    from mlm.runs.checkpoint import read_metrics
+    from mlm.runs.metrics import read_metrics
     from mlm.ui.jobs.jobs import TrainingJobs, TrainRequest
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -145,16 +155,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoints-dir", type=Path, default=REPO / "checkpoints")
     parser.add_argument("--runs", type=int, default=200, help="timed calls per measurement")
-    parser.add_argument("--output-stem", type=Path, default=REPO / "benchmarks" / "app_results")
+    parser.add_argument("--output-stem", type=Path, help="default: a record folder, "
+                        "benchmarks/records/<date>_cpu_app-latency/app_results")
     parser.add_argument("--train-data-dir", type=Path, default=REPO.parent / "shared" / "data" / "wikitext-2-v1",
                         help="WikiText folder for the while-training measurement (skipped if missing)")
     args = parser.parse_args()
+    record = REPO / "benchmarks" / "records" / f"{time.strftime('%Y-%m-%d')}_cpu_app-latency"
+    args.output_stem = args.output_stem or record / "app_results"
+    args.output_stem.parent.mkdir(parents=True, exist_ok=True)
     os.environ["HF_HUB_OFFLINE"] = "1"
 
+    from mlm.serve.answers import Predictor
     from mlm.serve.registry import ModelRegistry
 
     load_at_start = os.getloadavg()[0]  # anything else busy on the cores shows up in every number below
     registry = ModelRegistry(args.checkpoints_dir)
+    predictor = Predictor(registry)
     names = registry.names()
     if len(names) < 2:
         raise SystemExit(f"need two models in {args.checkpoints_dir}, found {names}")
@@ -170,11 +186,12 @@ def main() -> int:
         server.terminate()
         server.wait(30)
 
-    local = in_process(lambda: registry.fill_mask(SENTENCE, TOP_K, left, right), args.runs)
+    local = in_process(lambda: predictor.fill_mask(SENTENCE, TOP_K, left, right), args.runs)
     explain = explain_latencies(registry, args.runs, left, right)
 
     results = {
-        "machine": machine(), "date": time.strftime("%Y-%m-%d"), "load_average_at_start": load_at_start,
+        "machine": machine(), "date": time.strftime("%Y-%m-%d"), "commit": commit(),
+        "load_average_at_start": load_at_start,
         "models": [left, right],
         "checkpoints": {name: os.path.relpath(registry.entry(name).location, REPO) for name in (left, right)},
         "request": {"text": SENTENCE, "top_k": TOP_K, "models_per_call": 2},

@@ -1,7 +1,7 @@
 """A run that fits a lesson, on a CPU: validation loss after 5 and 10 minutes.
 
     python benchmarks/bench_cpu_budget.py --data-dir ../shared/data/wikitext-2-v1            # 6 runs, ~50 minutes
-    python benchmarks/bench_cpu_budget.py --data-dir ... --minutes 0.3 --smoke --output /tmp/smoke   # smoke test
+    python benchmarks/bench_cpu_budget.py --data-dir ... --minutes 0.3 --smoke --record /tmp/smoke   # smoke test
 
 Runs, one after the other, each as its own `python -m mlm.train` process on a quiet machine:
   * `--preset budget --time-budget M`: the learning-rate schedule laid over M minutes counted from the process's
@@ -12,7 +12,8 @@ For each it records the validation loss of the checkpoint it leaves (scored here
 bench_train.py's evaluator on fixed 15% masks of the whole validation set: a run stopped by the cap saves without a
 last validation), steps, the learning rate at the end, the wall-clock time of the whole command, and whether the
 loss left the plateau (<= 5.5).
-Results: benchmarks/results_cpu_budget.json and .md (or --output STEM).
+Results: results_cpu_budget.json and .md in a new record folder, benchmarks/records/<date>_cpu_lesson-budget/
+(or --record DIR; --keep FILE.json keeps the runs of presets not re-run from an earlier record).
 """
 
 from __future__ import annotations
@@ -34,10 +35,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_train import evaluate  # noqa: E402
-from mlm.runs.checkpoint import read_metrics  # noqa: E402
-from mlm.data.corpus import MaskingSpec, fixed_validation_masks, load_mlm_data  # noqa: E402
-from mlm.model.build import load_model  # noqa: E402
-from mlm.train.snapshots import PLATEAU_EXIT_LOSS, checkpoint_step  # noqa: E402
+from mlm.runs.metrics import read_metrics  # noqa: E402
+from mlm.data.blocks import load_mlm_data  # noqa: E402
+from mlm.data.masking import MaskingSpec, fixed_validation_masks  # noqa: E402
+from mlm.model.files import load_model  # noqa: E402
+from mlm.runs.snapshots import checkpoint_step  # noqa: E402
+from mlm.train.snapshots import PLATEAU_EXIT_LOSS  # noqa: E402
+from records import record_folder  # noqa: E402 - benchmarks/records.py
 
 RUNS = (("budget", "--time-budget"), ("fast", "--max-minutes"), ("scratch", "--max-minutes"))
 
@@ -101,8 +105,8 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=[preset for preset, _ in RUNS], choices=[p for p, _ in RUNS],
                         help="run only these; the other presets' runs already in the results file are kept")
     parser.add_argument("--smoke", action="store_true", help="tiny data: checks that the script runs")
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results_cpu_budget"),
-                        help="results stem: STEM.json and STEM.md")
+    parser.add_argument("--record", help="record folder to write into (default: a new one under benchmarks/records/)")
+    parser.add_argument("--keep", help="an earlier results_cpu_budget.json whose runs of the presets not re-run are kept")
     args = parser.parse_args()
     data = load_mlm_data(args.data_dir, max_train_blocks=1, max_eval_blocks=32 if args.smoke else None)
     valid = fixed_validation_masks(data.valid_blocks, MaskingSpec.from_tokenizer(data.tokenizer))
@@ -114,9 +118,9 @@ def main() -> None:
                     continue
                 runs.append(train(preset, flag, minutes, args.data_dir, Path(folder), SMOKE if args.smoke else [], valid))
                 print(json.dumps(runs[-1]), flush=True)
-    stem = Path(args.output)
-    if stem.with_suffix(".json").exists():  # keep the runs of the presets not re-run, in the file's order
-        kept = [r for r in json.loads(stem.with_suffix(".json").read_text())["runs"] if r["preset"] not in args.presets]
+    stem = record_folder("cpu", "lesson-budget", args.record) / "results_cpu_budget"
+    if args.keep:  # keep the runs of the presets not re-run, in the file's order
+        kept = [r for r in json.loads(Path(args.keep).read_text())["runs"] if r["preset"] not in args.presets]
         runs = sorted(kept + runs, key=lambda r: (r["minutes"], [p for p, _ in RUNS].index(r["preset"])))
     write_results({"machine": f"CPU {cpu_name()}", "threads": torch.get_num_threads(), "torch": torch.__version__,
                    "date": str(date.today()), "runs": runs}, stem)

@@ -11,7 +11,8 @@ training loop with its per-epoch evaluations; "command" time is the whole `pytho
 data loading from cache, graph capture, checkpoints). Model FLOPs per token count the full model the original loop
 runs (6 x matmul parameters, the 30,522-way output layer at every position, plus attention), so achieved TFLOP/s
 compare like for like even though the package's path skips most of the output layer.
-Results: benchmarks/results_<machine>.json and .md.
+Results: results_<stem>.json and .md in a new record folder, benchmarks/records/<date>_<stem>_bench-train/
+(or --record DIR), with the command and commit beside them (benchmarks/records.py).
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mlm.runs.checkpoint import read_metrics  # noqa: E402
-from mlm.data.corpus import IGNORE_INDEX, MaskingSpec, fixed_validation_masks, load_mlm_data  # noqa: E402
+from mlm.runs.metrics import read_metrics  # noqa: E402
+from mlm.data.blocks import load_mlm_data  # noqa: E402
+from mlm.data.masking import IGNORE_INDEX, MaskingSpec, fixed_validation_masks  # noqa: E402
 from mlm.model.build import scratch_model  # noqa: E402
+from records import record_folder  # noqa: E402 - benchmarks/records.py
 
 SEQ = 128
 
@@ -199,8 +202,8 @@ def peak_memory_mb() -> float | None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def write_results(results: dict, stem: str) -> None:
-    out = ROOT / "benchmarks" / f"results_{stem}.json"
+def write_results(results: dict, folder: Path, stem: str) -> None:
+    out = folder / f"results_{stem}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     rows = [
         "| run | loop s | command s | steps | tokens/s | valid loss | ppl | top-1 | peak GPU MiB | TFLOP/s | time vs reference | tokens/s vs reference |",
@@ -220,7 +223,7 @@ def write_results(results: dict, stem: str) -> None:
     if curves:
         rows += ["", "Validation loss as the run logged it (fixed masks; several processes sum their shares):", "", *curves]
     header = f"# Training benchmark: {results['machine']}\n\ntorch {results['torch']}, {results['date']}\n\n"
-    (ROOT / "benchmarks" / f"results_{stem}.md").write_text(header + "\n".join(rows) + "\n" + results.get("notes", ""))
+    (folder / f"results_{stem}.md").write_text(header + "\n".join(rows) + "\n" + results.get("notes", ""))
     print("\n".join(rows))
 
 
@@ -230,6 +233,7 @@ def main() -> None:
     parser.add_argument("--parts", default="reference,trainer,scratch,scratch_compiled,fast,fast-long,bert")
     parser.add_argument("--bert-config", default=str(ROOT.parent / "shared/data/bert-base-uncased/config.json"))
     parser.add_argument("--stem", help="results file name part (default: gpu name or 'cpu')")
+    parser.add_argument("--record", help="record folder to write into (default: a new one under benchmarks/records/)")
     parser.add_argument("--only", type=lambda text: text.split(","), help="with --parts multi: these runs only")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -242,9 +246,10 @@ def main() -> None:
     machine = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     runs: dict[str, dict] = {}
     stem = args.stem or ("cpu" if not torch.cuda.is_available() else re.sub(r"\W+", "_", machine.lower()))
+    folder = record_folder(stem, "bench-train", args.record)
 
     def save() -> None:  # after every part, so a run cut short (a device time limit) keeps what it measured
-        write_results({"machine": machine, "torch": torch.__version__, "date": str(date.today()), "runs": runs}, stem)
+        write_results({"machine": machine, "torch": torch.__version__, "date": str(date.today()), "runs": runs}, folder, stem)
 
     if "reference" in parts:
         runs["reference"] = score(reference_loop(data, epochs=3), data, flops)

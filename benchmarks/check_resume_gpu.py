@@ -1,7 +1,7 @@
 """GPU check that a resumed run continues its random numbers exactly, with the step captured as a CUDA graph.
 
 On the CPU tests/test_durable.py compares whole runs bit for bit. On a GPU the question is whether restoring the
-saved CPU and CUDA generator states (mlm.runs.checkpoint.rng_state) after a new process captured its graph (whose
+saved CPU and CUDA generator states (mlm.train.state.rng_state) after a new process captured its graph (whose
 warm-up steps draw random numbers) makes the graph's replays draw what the uninterrupted run drew. This trains a
 tiny BERT 3 steps, saves weights, optimizer and RNG state, trains 6 more; then rebuilds everything as a resume
 would, with and without restoring the RNG state, and compares losses and weights exactly.
@@ -14,8 +14,8 @@ import torch
 from accelerate import Accelerator
 from transformers import BertConfig, BertForMaskedLM
 
-from mlm.runs.checkpoint import rng_state
-from mlm.data.corpus import MaskingSpec
+from mlm.train.state import rng_state
+from mlm.data.masking import MaskingSpec
 from mlm.train.objective import MaskedLMObjective
 from mlm.train.step import GraphedTrainStep, build_optimizer
 

@@ -1,35 +1,35 @@
 """Does an initialisation shorten the loss plateau? Trains recipes in one process with the from-scratch model's
-init replaced, and records each validation curve (the data behind the mimetic init, mlm/model/build.py).
+init changed (the Trainer's `initialise` argument), and records each validation curve (the data behind the mimetic init, mlm/model/init.py).
 
     python benchmarks/init_ablation.py --data-dir DIR --out OUT "NAME|INIT|SEED|FLAGS" ...
 
 INIT is `bert` (Hugging Face's) or parts joined by `+`: `sinSTD` (sinusoidal position embeddings at that std),
 `mimSCALE` (keys = queries, both SCALE x Hugging Face's); `sin0.02+mim2` is `--init mimetic`. FLAGS are
-`python -m mlm.train` flags. Results: OUT/init_ablation.json (committed: init_ablation_h200.json, one H200).
+`python -m mlm.train` flags. Results: OUT/init_ablation.json (committed: records/2026-11-29_h200_init-ablation/).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import mlm.train.trainer  # noqa: E402
-from mlm.runs.checkpoint import read_metrics  # noqa: E402
-from mlm.model.build import mimetic_attention, scratch_model, sinusoidal_positions  # noqa: E402
-from speedrun import trainer_for  # noqa: E402
+from mlm.config import config_from_args  # noqa: E402
+from mlm.model.init import mimetic_attention, sinusoidal_positions  # noqa: E402
+from mlm.runs.metrics import read_metrics  # noqa: E402
+from mlm.train.trainer import Trainer  # noqa: E402
 
 
 def with_init(spec: str):
-    """scratch_model, then the parts of `spec` applied to it (the trainer calls this in place of scratch_model)."""
-    def build(tokenizer, dropout: float = 0.1, init: str = "bert"):
-        model = scratch_model(tokenizer, dropout)
+    """What `spec` does to a model built with Hugging Face's init (the Trainer calls it on the fresh model)."""
+    def initialise(model) -> None:
         for part in spec.split("+"):
             if part.startswith("sin"):
                 sinusoidal_positions(model, float(part[3:]))
@@ -37,8 +37,7 @@ def with_init(spec: str):
                 mimetic_attention(model, float(part[3:]))
             elif part != "bert":
                 raise ValueError(f"unknown init part {part!r}")
-        return model
-    return build
+    return initialise
 
 
 def main() -> None:
@@ -52,8 +51,9 @@ def main() -> None:
     results = {}
     for line in args.runs:
         name, spec, seed, flags = line.split("|")
-        mlm.train.trainer.scratch_model = with_init(spec)
-        trainer = trainer_for(f"{flags} --seed {seed}", args.data_dir)
+        argv = ["--data-dir", args.data_dir, "--output-dir", tempfile.mkdtemp() + "/run", *shlex.split(flags),
+                "--seed", seed, "--init", "bert"]
+        trainer = Trainer(config_from_args(argv)[0], initialise=with_init(spec))
         started = time.perf_counter()
         trainer.fit()
         valid = [m for m in read_metrics(trainer.run_dir) if m["split"] == "valid"]

@@ -12,7 +12,8 @@ from-scratch model once, and is scored several ways:
 
     python benchmarks/seed_recipe.py --data-dir ../shared/data/wikitext-2-v1 --raw-dir ../shared/data/wikitext-2-raw-v1 --gpus 2
 
-Each variant runs in its own process (round-robin over the GPUs); results: benchmarks/seed_recipe_<stem>.{json,md}.
+Each variant runs in its own process (round-robin over the GPUs); results: seed_recipe_<stem>.{json,md} in a new record folder
+benchmarks/records/<date>_<stem>_seed-recipe/ (or --record DIR, which also keeps the variants of earlier invocations).
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_train import evaluate, hf_trainer, reference_loop  # noqa: E402
-from mlm.data.corpus import (  # noqa: E402
-    MaskingSpec, blocks_tensor, fixed_validation_masks, group_into_blocks, load_corpus, load_mlm_data,
-)
+from mlm.data.blocks import group_lines, load_mlm_data  # noqa: E402
+from mlm.data.corpus import load_corpus, read_lines  # noqa: E402
+from mlm.data.masking import MaskingSpec, fixed_validation_masks  # noqa: E402
+from records import record_folder  # noqa: E402 - benchmarks/records.py
 
 # name -> (what changes, how to train). Trainer variants run fp32 (no TF32, no bf16) unless they say otherwise.
 FP32 = {"bf16": False, "tf32": False}
@@ -68,11 +70,8 @@ def with_run_mlm_mask(blocks: torch.Tensor, tokenizer) -> list[dict]:
 
 def literal_unk_blocks(data_dir: str, tokenizer) -> dict[str, torch.Tensor]:
     """The WikiText .tokens splits without the `<unk>` -> [UNK] mapping, grouped as usual."""
-    from datasets import load_dataset
-
-    files = {split: str(Path(data_dir) / f"wiki.{stem}.tokens") for split, stem in (("train", "train"), ("validation", "valid"))}
-    corpus = load_dataset("text", data_files=files).filter(lambda row: bool(row["text"].strip()))
-    return {split: blocks_tensor(group_into_blocks(lines, tokenizer)) for split, lines in corpus.items()}
+    return {split: group_lines(read_lines(Path(data_dir) / f"wiki.{stem}.tokens"), tokenizer, 128)
+            for split, stem in (("train", "train"), ("validation", "valid"))}
 
 
 def run_variant(name: str, data_dir: str, raw_dir: str, max_blocks: int | None = None) -> dict:
@@ -80,7 +79,7 @@ def run_variant(name: str, data_dir: str, raw_dir: str, max_blocks: int | None =
     data = load_mlm_data(data_dir, max_train_blocks=max_blocks, max_eval_blocks=max_blocks)
     spec = MaskingSpec.from_tokenizer(data.tokenizer)
     valid = data.valid_masked = fixed_validation_masks(data.valid_blocks, spec)  # the reference loop scores each epoch
-    raw_blocks = blocks_tensor(group_into_blocks(load_corpus(raw_dir)["validation"], data.tokenizer))
+    raw_blocks = group_lines(load_corpus(raw_dir)["validation"], data.tokenizer, 128)
     raw_valid = fixed_validation_masks(raw_blocks[:max_blocks], spec)
 
     literal = literal_unk_blocks(data_dir, data.tokenizer)
@@ -132,8 +131,8 @@ def run_all(args) -> dict:
     return results
 
 
-def write_results(results: dict, machine: str, stem: str) -> None:
-    path = ROOT / "benchmarks" / f"seed_recipe_{stem}.json"
+def write_results(results: dict, machine: str, folder: Path, stem: str) -> None:
+    path = folder / f"seed_recipe_{stem}.json"
     earlier = json.loads(path.read_text())["runs"] if path.exists() else {}  # variants from earlier invocations stay
     results = {**earlier, **results}
     document = {"machine": machine, "torch": torch.__version__, "date": str(date.today()), "concurrent": True, "runs": results}
@@ -151,7 +150,7 @@ def write_results(results: dict, machine: str, stem: str) -> None:
     devices = ", ".join(sorted({r.get("device", machine) for r in results.values()}))
     header = (f"# The original recipe, variants: {devices}\n\ntorch {torch.__version__}, {date.today()}; the variants of "
               "one invocation ran at the same time (loop seconds are not speeds). Written by `seed_recipe.py`.\n\n")
-    (ROOT / "benchmarks" / f"seed_recipe_{stem}.md").write_text(header + "\n".join(rows) + "\n")
+    (folder / f"seed_recipe_{stem}.md").write_text(header + "\n".join(rows) + "\n")
     print("\n".join(rows))
 
 
@@ -162,6 +161,7 @@ def main() -> None:
     parser.add_argument("--variants", type=lambda text: text.split(","), default=list(VARIANTS))
     parser.add_argument("--gpus", type=int, default=1)
     parser.add_argument("--stem", default="gpu")
+    parser.add_argument("--record", help="record folder to write into (default: a new one under benchmarks/records/)")
     parser.add_argument("--max-blocks", type=int, help="train and score on this many blocks (a quick check of the plumbing)")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant in this process
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -172,11 +172,10 @@ def main() -> None:
         result["process_s"] = time.perf_counter() - started
         Path(args.result).write_text(json.dumps(result))
         return
-    data = load_mlm_data(args.data_dir)  # build the datasets caches once, before the processes race for them
-    literal_unk_blocks(args.data_dir, data.tokenizer)
-    group_into_blocks(load_corpus(args.raw_dir)["validation"], data.tokenizer)
+    load_mlm_data(args.data_dir)  # fill the blocks cache once, before the processes race for it
     machine = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    write_results(run_all(args), machine, args.stem)
+    folder = record_folder(args.stem, "seed-recipe", args.record)
+    write_results(run_all(args), machine, folder, args.stem)
 
 
 if __name__ == "__main__":

@@ -5,15 +5,16 @@
 * throughput: median milliseconds of a graphed training step per variant (preset + flags), tokens/s, and TFLOP/s
   by bench_train's model-FLOP count.
 * profile: torch profiler summary of eager training steps of a preset (kernels, their share of GPU time), plus the
-  graphed step's time: benchmarks/profile_h200.txt is its output.
+  graphed step's time: benchmarks/records/2026-11-30_h200_step-profile/profile_h200.txt is its output.
 * sweep: whole training runs of many recipes in this one process (imports paid once), each evaluated after every
   epoch; records when validation first reaches 3.9 and 3.5 (seconds since the run's Trainer was created).
-Variants are `name=flag flag ...` arguments of `python -m mlm.train` (see SWEEPS below for the ones run).
+Variants are flags of `python -m mlm.train`: THROUGHPUT below; for the sweep `--variant name=flags` arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import statistics
@@ -29,118 +30,44 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_train import model_flops_per_token  # noqa: E402
-from mlm.runs.checkpoint import read_metrics  # noqa: E402
+from mlm.runs.metrics import read_metrics  # noqa: E402
 from mlm.config import config_from_args  # noqa: E402
 from mlm.train.trainer import Trainer  # noqa: E402
 
-THROUGHPUT = {  # name: (flags, what to undo or change for an A/B of one step change)
-    "fast_b128": ("--preset fast", None),
-    "fast_b128_fp32_softmax": ("--preset fast", "fp32_softmax"),
-    "fast_b128_flash_attention": ("--preset fast", "flash_attention"),
-    "fast_b128_unpadded_vocab": ("--preset fast", "unpadded_vocab"),
-    "fast_b128_torch_layers": ("--preset fast", "torch_layers"),
-    "fast_b128_torch_layer_norm": ("--preset fast", "torch_layer_norm"),
-    "fast_b128_separate_qkv": ("--preset fast", "separate_qkv"),
-    "fast_b128_torch_cross_entropy": ("--preset fast", "torch_cross_entropy"),
-    "fast_b128_one_stream": ("--preset fast", "one_stream"),
-    "fast_b128_noclip": ("--preset fast --max-grad-norm 0", None),
-    "fast_b256": ("--preset fast --batch-size 256", None),
-    "fast_b512": ("--preset fast --batch-size 512", None),
-    "scratch_b8": ("--preset scratch", None),
-    "scratch_b8_cudnn_attention": ("--preset scratch", "cudnn_attention"),
-    "scratch_b8_separate_qkv": ("--preset scratch", "separate_qkv"),
-    "scratch_b8_unpadded_vocab": ("--preset scratch", "unpadded_vocab"),
-    "scratch_b8_torch_layers": ("--preset scratch", "torch_layers"),
-    "scratch_b8_torch_cross_entropy": ("--preset scratch", "torch_cross_entropy"),
-    "scratch_b8_one_stream": ("--preset scratch", "one_stream"),
-    "scratch_b8_bf16": ("--preset scratch --mixed-precision bf16", None),
+# name: flags. The `--kernels` variants are A/Bs of mlm/fast's hand-written backwards (benchmarks/LOG.md rows 24,
+# 26, 31): torch's for every piece, or for one piece while the others stay on.
+THROUGHPUT = {
+    "fast_b128": "--preset fast",
+    "fast_b128_torch_kernels": "--preset fast --kernels torch",
+    "fast_b128_torch_linear": "--preset fast --kernels layer_norm,output_loss",
+    "fast_b128_torch_layer_norm": "--preset fast --kernels linear,output_loss",
+    "fast_b128_torch_cross_entropy": "--preset fast --kernels linear,layer_norm",
+    "fast_b128_noclip": "--preset fast --max-grad-norm 0",
+    "fast_b256": "--preset fast --batch-size 256",
+    "fast_b512": "--preset fast --batch-size 512",
+    "scratch_b8": "--preset scratch",
+    "scratch_b8_torch_kernels": "--preset scratch --kernels torch",
+    "scratch_b8_torch_cross_entropy": "--preset scratch --kernels linear",  # "auto" keeps torch's LayerNorm here
+    "scratch_b8_bf16": "--preset scratch --mixed-precision bf16",
 }
-
-
-def patched(change: str | None):
-    """Context manager: the step as it was before one of the speedrun's changes (or with a candidate change)."""
-    import contextlib
-
-    import torch.nn.functional as F
-
-    import mlm.model.bert
-    import mlm.fast.layers
-    import mlm.train.objective
-    from mlm.data.corpus import IGNORE_INDEX
-    from mlm.train.objective import MaskedLMObjective
-
-    @contextlib.contextmanager
-    def swap(owner, name, value):
-        original = getattr(owner, name)
-        setattr(owner, name, value)
-        try:
-            yield
-        finally:
-            setattr(owner, name, original)
-
-    def fp32_softmax(self, input_ids, labels):
-        logits, targets = self.predictions(input_ids, labels)
-        return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX)
-
-    def torch_cross_entropy(self, input_ids, labels):  # the output layer and F.cross_entropy, as before the fused loss
-        return self.torch_loss(*self.output_layer(input_ids, labels))
-
-    def separate_qkv(self, x):  # three projections, as before the fused one
-        batch, length, width = x.shape
-        q, k, v = (p(x).view(batch, length, self.heads, -1).transpose(1, 2) for p in (self.query, self.key, self.value))
-        context = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout_p if self.training else 0.0)
-        return context.transpose(1, 2).reshape(batch, length, width)
-
-    @contextlib.contextmanager
-    def no_cudnn_attention():
-        torch.backends.cuda.enable_cudnn_sdp(False)
-        try:
-            yield
-        finally:
-            torch.backends.cuda.enable_cudnn_sdp(True)
-
-    if change == "fp32_softmax":
-        return swap(MaskedLMObjective, "forward", fp32_softmax)
-    if change == "flash_attention":
-        return no_cudnn_attention()
-    if change == "unpadded_vocab":
-        return swap(MaskedLMObjective, "VOCAB_MULTIPLE", 1)
-    if change == "torch_layers":  # torch's backward for every linear and layer-norm layer
-        return swap(mlm.fast.layers, "custom_backward_applies", lambda x, weight: False)
-    if change == "torch_layer_norm":
-        return swap(mlm.fast.layers.LayerNorm, "forward", torch.nn.LayerNorm.forward)
-    if change == "one_stream":  # parameter gradients after the input gradients, on the one stream
-        stack = contextlib.ExitStack()
-        for module in (mlm.fast.layers, mlm.train.objective):
-            stack.enter_context(swap(module, "concurrently", lambda side, main, device, rows: (side(), main())))
-        return stack
-    if change == "cudnn_attention":  # cuDNN's attention first (torch's own order on an H200) at any size
-        cudnn_first = [torch.nn.attention.SDPBackend.CUDNN_ATTENTION, *mlm.fast.layers.FLASH_FIRST]
-        return swap(mlm.fast.layers, "FLASH_FIRST", cudnn_first)
-    if change == "torch_cross_entropy":
-        return swap(MaskedLMObjective, "forward", torch_cross_entropy)
-    if change == "separate_qkv":
-        return swap(mlm.model.bert.SelfAttention, "forward", separate_qkv)
-    return contextlib.nullcontext()
 
 
 def trainer_for(flags: str, data_dir: str, **overrides) -> Trainer:
     argv = ["--data-dir", data_dir, "--output-dir", tempfile.mkdtemp() + "/run", *shlex.split(flags)]
     config, _ = config_from_args(argv)
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    return Trainer(config)
+    return Trainer(dataclasses.replace(config, **overrides))
 
 
 def time_steps(trainer: Trainer, steps: int = 60, warmup: int = 10) -> float:
     """Median ms of one training step (graph replay where the trainer uses graphs), over `steps` timed steps."""
-    order = trainer.epoch_order(0)
+    batches, step_fn = trainer.parts.batches, trainer.parts.step_fn
+    order = batches.epoch_order(0)
     times = []
     for i in range(warmup + steps):
-        batch = trainer.batch(order, i % trainer.steps_per_epoch)
+        batch = batches.batch(order, i % batches.steps_per_epoch)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        trainer.step_fn(batch)
+        step_fn(batch)
         end.record()
         end.synchronize()
         if i >= warmup:
@@ -150,17 +77,16 @@ def time_steps(trainer: Trainer, steps: int = 60, warmup: int = 10) -> float:
 
 def throughput(args, flops: float) -> dict:
     results = {}
-    for name, (flags, change) in THROUGHPUT.items():
+    for name, flags in THROUGHPUT.items():
         if args.steps and name not in args.steps:
             continue
-        with patched(change):
-            trainer = trainer_for(flags, args.data_dir)
-            trainer.build()
-            ms = time_steps(trainer)
+        trainer = trainer_for(flags, args.data_dir)
+        trainer.build()
+        ms = time_steps(trainer)
         tokens = trainer.config.batch_size * trainer.config.block_size
-        results[name] = {"flags": flags, "change": change, "ms_per_step": ms, "tokens_per_s": tokens / ms * 1e3,
+        results[name] = {"flags": flags, "ms_per_step": ms, "tokens_per_s": tokens / ms * 1e3,
                          "achieved_tflop_s": flops * tokens / ms / 1e9}
-        trainer.step_fn.close()
+        trainer.parts.step_fn.close()
         print(name, json.dumps(results[name]), flush=True)
     return results
 
@@ -172,14 +98,15 @@ def profile(args, flops: float, flags: str = "--preset fast") -> str:
     graphed = trainer_for(flags, args.data_dir)
     graphed.build()
     graphed_ms = time_steps(graphed)
-    graphed.step_fn.close()
+    graphed.parts.step_fn.close()
     trainer = trainer_for(flags, args.data_dir, cuda_graphs=False)
     trainer.build()
     eager_ms = time_steps(trainer, steps=20)
-    order = trainer.epoch_order(0)
+    batches = trainer.parts.batches
+    order = batches.epoch_order(0)
     with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for i in range(3):
-            trainer.step_fn(trainer.batch(order, i))
+            trainer.parts.step_fn(batches.batch(order, i))
         torch.cuda.synchronize()
     tokens = trainer.config.batch_size * trainer.config.block_size
     kernels = sum(event.device_type == DeviceType.CUDA for event in prof.events()) / 3
@@ -232,7 +159,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from mlm.data.corpus import load_tokenizer
+    from mlm.data.tokenizer import load_tokenizer
     from mlm.model.build import scratch_model
 
     flops = model_flops_per_token(scratch_model(load_tokenizer()).config)

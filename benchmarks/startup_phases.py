@@ -5,7 +5,9 @@
 Runs the same Trainer as the command, in a fresh process, with timers around imports, CUDA start-up, data
 loading, model building, graph capture, evaluations and checkpoint writing; prints one JSON line of seconds per
 phase (the process start itself is timed by the caller) and which heavy libraries the process imported (a
-from-scratch run imports neither transformers nor datasets). Arguments are the training command's own.
+from-scratch run imports neither transformers nor datasets). Arguments are the training command's own. On an
+image that writes no bytecode, launch it as the command would be (PYTHONPYCACHEPREFIX, benchmarks/README.md);
+`bytecode_cache` in the output is the prefix the process used.
 """
 
 import time
@@ -22,14 +24,13 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mlm.cache import keep_bytecode  # noqa: E402
-
-keep_bytecode()  # as the training command does, before torch
 import torch  # noqa: E402
 
 mark("import torch")
-import mlm.runs.checkpoint  # noqa: E402
 import mlm.runs.manifest  # noqa: E402
+import mlm.train.checkpointing  # noqa: E402
+import mlm.train.setup  # noqa: E402
+import mlm.train.step  # noqa: E402
 import mlm.train.trainer  # noqa: E402
 
 mark("import mlm.train.trainer")
@@ -66,19 +67,19 @@ def mark_first_step(owner) -> None:
     owner.__call__ = wrapper
 
 
-for step_class in (mlm.train.trainer.TrainStep, mlm.train.trainer.GraphedTrainStep):
+for step_class in (mlm.train.step.TrainStep, mlm.train.step.GraphedTrainStep):
     mark_first_step(step_class)
-timed(mlm.train.trainer, "load_plain_tokenizer", "data")  # a from-scratch run reads the tokenizer without transformers
-timed(mlm.train.trainer, "load_mlm_data", "data")
-timed(mlm.train.trainer.Trainer, "initial_model", "model")
-timed(mlm.train.trainer.GraphedTrainStep, "__init__", "graph capture (with 3 warm-up steps)")
+timed(mlm.train.setup, "load_plain_tokenizer", "data")  # a from-scratch run reads the tokenizer without transformers
+timed(mlm.train.setup, "load_mlm_data", "data")
+timed(mlm.train.setup, "initial_model", "model")
+timed(mlm.train.step.GraphedTrainStep, "__init__", "graph capture (with 3 warm-up steps)")
 timed(mlm.train.trainer.Trainer, "evaluate",  # the one at step 0 is start-up (before the first step), the others the loop's
-      lambda trainer, step: "evaluation at step 0" if step == 0 else "evaluations after step 0")
+      lambda trainer, step, *_: "evaluation at step 0" if step == 0 else "evaluations after step 0")
 timed(mlm.train.trainer.Trainer, "save", "checkpoint writing (every save)")
-timed(mlm.train.trainer.Trainer, "save_best", "  of which best/")
-timed(mlm.runs.checkpoint, "save_training_state", "  of which optimizer state")
-timed(mlm.train.trainer.Trainer, "save_model_files", "  of which model files (best/ too)")
-timed(mlm.train.trainer.Trainer, "weights_usable", "  of which the finite-weights check")
+timed(mlm.train.checkpointing.Checkpointer, "save_best", "  of which best/")
+timed(mlm.train.checkpointing, "save_training_state", "  of which optimizer state")
+timed(mlm.train.checkpointing.Checkpointer, "save_model_files", "  of which model files (best/ too)")
+timed(mlm.train.checkpointing.Checkpointer, "weights_usable", "  of which the finite-weights check")
 timed(mlm.runs.manifest, "file_sha256", "  of which sha256 + fsync (manifest; summed over its threads)")
 
 

@@ -24,18 +24,6 @@ SCRATCH_NAME = "BERT from scratch (WikiText-2)"  # the display names checkpoints
 LORA_NAME = "MiniLM + LoRA (WikiText-2)"
 
 
-@pytest.fixture
-def on_the_custom_path(monkeypatch):
-    """mlm.fast.layers' GPU backward (and the objective's fused output-layer loss) run on the CPU too, at any size."""
-    import torch
-
-    import mlm.fast.layers
-
-    monkeypatch.setattr(mlm.fast.layers, "custom_backward_applies",
-                        lambda x, weight: torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-    monkeypatch.setattr(mlm.fast.layers, "FEW_ROWS", 0)
-
-
 def train_tiny(output_dir: Path, *arguments: str) -> Path:
     command = [sys.executable, "-m", "mlm.train", "--data-dir", str(WIKITEXT_DIR), "--output-dir", str(output_dir),
                "--epochs", "1", "--log-every", "2", *arguments]

@@ -8,7 +8,7 @@ from gradio_client import Client
 from transformers import pipeline
 
 from conftest import LORA_NAME, SCRATCH_NAME
-from mlm.serve.registry import MAX_MASKS
+from mlm.serve.checks import MAX_MASKS
 
 
 @pytest.fixture(scope="module")

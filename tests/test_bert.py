@@ -9,14 +9,13 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
 from conftest import WIKITEXT_DIR
-import mlm.fast.layers
 from mlm.model import bert
-from mlm.data.corpus import MaskingSpec, max_predictions
-from mlm.data.blocks import read_lines
+from mlm.data.corpus import read_wikitext
+from mlm.data.masking import MaskingSpec, max_predictions
 from mlm.hub import minilm_path
 from mlm.model.build import parameter_count, scratch_bert, scratch_config, scratch_model
 from mlm.train.objective import MaskedLMObjective
-from mlm.train.snapshots import unique_tensors
+from mlm.runs.snapshots import unique_tensors
 from mlm.data.tokenizer import TokenizerFiles
 from test_model import masked_batch, tokenizer  # noqa: F401 - the same fixtures
 
@@ -88,10 +87,10 @@ def test_a_foreign_checkpoint_is_refused(tmp_path, tokenizer):
         bert.BertForMaskedLM.from_pretrained(tmp_path)
 
 
-def twins(tokenizer, dropout: float = 0.1):
+def twins(tokenizer, dropout: float = 0.1, kernels: str = "auto"):
     """The plain model (trained-looking, in eval mode) and a transformers BertForMaskedLM holding its weights."""
     torch.manual_seed(0)
-    model = trained_looking(scratch_bert(tokenizer, dropout))
+    model = trained_looking(scratch_bert(tokenizer, dropout, kernels=kernels))
     reference = BertForMaskedLM(BertConfig(**scratch_config(tokenizer, dropout)))
     reference.load_state_dict(model.state_dict())
     return model, reference.eval()
@@ -104,18 +103,17 @@ def test_fast_loss_of_the_plain_model_equals_transformers_loss(tokenizer, masked
     assert torch.allclose(objective(inputs, labels), reference(input_ids=inputs, labels=labels).loss, rtol=1e-5)
 
 
-@pytest.mark.parametrize("gpu_backward", [None, "many-rows", "few-rows"])
-def test_fast_loss_gradients_of_the_plain_model_equal_transformers(tokenizer, masked_batch, request, monkeypatch,
-                                                                   gpu_backward):
-    """Also with the GPU backward of the layers and of the output layer's loss (mlm.fast.layers, mlm.train.objective), which a
-    CPU run does not take: forced here, as for `fast`'s many rows and for the original recipe's few."""
-    if gpu_backward:
-        request.getfixturevalue("on_the_custom_path")
-        monkeypatch.setattr(mlm.fast.layers, "FEW_ROWS", 0 if gpu_backward == "many-rows" else 10**9)
-    model, reference = twins(tokenizer)
+@pytest.mark.parametrize("kernels", ["auto", "custom", "linear,output_loss"], ids=["auto", "many-rows", "few-rows"])
+def test_fast_loss_gradients_of_the_plain_model_equal_transformers(tokenizer, masked_batch, kernels):
+    """Also with the GPU backward of the layers and of the output layer's loss (mlm/fast), which a CPU run does not
+    take ("auto" on the CPU is torch's): switched on here, every piece as for `fast`'s many rows on a GPU, and all but
+    LayerNorm's as for the original recipe's few."""
+    model, reference = twins(tokenizer, kernels=kernels)
     inputs, labels = masked_batch
     reference(input_ids=inputs, labels=labels).loss.backward()
-    MaskedLMObjective(model, max_predictions(inputs.numel(), 0.15))(inputs, labels).backward()
+    loss = MaskedLMObjective(model, max_predictions(inputs.numel(), 0.15), kernels)(inputs, labels)
+    assert loss.grad_fn.name().startswith("OutputLayerLoss") == (kernels != "auto")  # the switch reached the loss
+    loss.backward()
     expected = dict(reference.named_parameters())
     for name, parameter in model.named_parameters():
         assert torch.allclose(parameter.grad, expected[name].grad, atol=1e-6, rtol=1e-4), name
@@ -140,7 +138,7 @@ def test_dropout_is_where_transformers_has_it(tokenizer, masked_batch):
 def test_tokenizer_files_encode_as_transformers(folder):
     folder = folder or minilm_path()
     plain, reference = TokenizerFiles(folder), AutoTokenizer.from_pretrained(folder)
-    lines = read_lines(str(WIKITEXT_DIR / "wiki.valid.tokens"))[:3000]
+    lines = read_wikitext(WIKITEXT_DIR / "wiki.valid.tokens")[:3000]
     assert plain(lines)["input_ids"] == reference(lines)["input_ids"]
     assert plain.all_special_ids == sorted(reference.all_special_ids)
     assert MaskingSpec.from_tokenizer(plain) == MaskingSpec.from_tokenizer(reference)

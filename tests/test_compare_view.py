@@ -8,16 +8,18 @@ import json
 import threading
 import time
 
+import gradio as gr
 import pytest
 import torch
 from transformers import pipeline
 
 from conftest import LORA_NAME, SCRATCH_NAME
-from mlm.ui.plots import curves as plots
 from mlm.serve.readable import fill_one, is_piece, is_punctuation, plain_summary, text_notes
-from mlm.ui import DemoApp
 from mlm.ui import app as app_module
+from mlm.ui.app import TICK_OUTPUTS, DemoApp
 from mlm.ui.compare_tab import card_markdown
+from mlm.ui.plots import curves as plots
+from mlm.ui.plots.guesses import guesses_chart, percent
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,7 @@ def test_each_candidate_comes_with_its_sentence_as_the_pipeline_gives_it(demo_ap
     text = "The capital of France is [MASK]."
     folder = app_project / "checkpoints" / "scratch-wikitext2"
     expected = pipeline("fill-mask", model=str(folder), top_k=5, dtype=torch.float32)(text)
-    [mask] = demo_app.registry.answer(SCRATCH_NAME, text, 5)["masks"]
+    [mask] = demo_app.predictor.answer(SCRATCH_NAME, text, 5)["masks"]
     # the same sentence, in the student's own capitals (the pipeline decodes the uncased tokens)
     assert [c["sequence"].lower() for c in mask["candidates"]] == [e["sequence"] for e in expected]
     assert all(c["sequence"].startswith("The capital of France is") for c in mask["candidates"])
@@ -50,7 +52,7 @@ def test_with_several_masks_a_sentence_fills_its_own_mask_only():
     ("Paris [MASK].", None),
 ])
 def test_non_english_and_unknown_text_is_flagged(demo_app, text, warning):
-    answer = demo_app.registry.answer(SCRATCH_NAME, text, 3)
+    answer = demo_app.predictor.answer(SCRATCH_NAME, text, 3)
     assert answer["uncased"] is True
     if warning is None:
         assert answer["notes"] == []
@@ -67,23 +69,26 @@ def test_notes_count_unknown_pieces_against_the_text_only():
 
 def test_hidden_punctuation_and_pieces_still_leave_top_k_rows(demo_app):
     text, left, right = "He said [MASK] hello to me.", SCRATCH_NAME, LORA_NAME
-    shown = demo_app.compare(text, 5, left, right, [])
-    assert any(is_punctuation(row[0]) for row in shown[4] + shown[8])  # the tiny models do guess punctuation
-    hidden = demo_app.compare(text, 5, left, right, ["punctuation", "## pieces"])
-    for table in (hidden[4], hidden[8]):
+    shown = demo_app.compare.compare(text, 5, left, right, [])
+    # the tiny models do guess punctuation
+    assert any(is_punctuation(row[0]) for row in shown["left"]["table"] + shown["right"]["table"])
+    hidden = demo_app.compare.compare(text, 5, left, right, ["punctuation", "## pieces"])
+    for side, model in (("left", left), ("right", right)):
+        table = hidden[side]["table"]
         assert len(table) == 5 and not any(is_punctuation(row[0]) or is_piece(row[0]) for row in table)
         # the rows are the model's own top-20, in order, minus the hidden ones
-        answer = demo_app.registry.answer(left if table is hidden[4] else right, text, 20)
+        answer = demo_app.predictor.answer(model, text, 20)
         kept = [c for c in answer["masks"][0]["candidates"] if not (is_punctuation(c["token"]) or is_piece(c["token"]))]
         assert [row[0] for row in table] == [c["token"] for c in kept[:5]]
-        assert [row[1] for row in table] == [plots.percent(c["score"]) for c in kept[:5]]
+        assert [row[1] for row in table] == [percent(c["score"]) for c in kept[:5]]
         assert table[0][3] == f"He said {kept[0]['token']} hello to me."
-    assert hidden[1]["value"] == f"He said {hidden[4][0][0]} hello to me."  # the filled sentence follows
+    # the filled sentence follows
+    assert hidden["left"]["filled"]["value"] == f"He said {hidden['left']['table'][0][0]} hello to me."
 
 
 def test_both_charts_share_one_fixed_scale_and_show_quotes_as_quotes():
     answer = {"masks": [{"candidates": [{"token": '"', "score": 0.4}, {"token": "<b>x</b>", "score": 0.1}]}]}
-    figure = plots.guesses_chart(answer)
+    figure = guesses_chart(answer)
     assert list(figure.layout.xaxis.range) == [0, 1]
     [bars] = figure.data
     assert list(bars.y) == ["&lt;b&gt;x&lt;/b&gt;", '"']  # markup shown as text; a quote as it is
@@ -154,10 +159,11 @@ def test_many_pages_ticking_at_once_cost_one_look_and_share_one_csv(tmp_path, mo
         last, selected = initial, ["old-run"]
         try:
             for _ in range(40):
-                *outputs, last = app.tick(selected, "step", None, last)
-                if not isinstance(outputs[3], dict):  # a CSV path, not a skip
-                    csvs.append(open(outputs[3]).read())
-                    selected = outputs[4]["value"]  # the run picker, as the page then sends it
+                shown = app.tick(selected, "step", None, last)
+                last = shown["last_seen"]
+                if not isinstance(shown["csv"], dict):  # a CSV path, not a skip
+                    csvs.append(open(shown["csv"]).read())
+                    selected = shown["run_picker"]["value"]  # the run picker, as the page then sends it
                 time.sleep(0.1)
         except Exception as error:  # noqa: BLE001 - collected for the assertion below
             errors.append(error)
@@ -177,3 +183,24 @@ def test_many_pages_ticking_at_once_cost_one_look_and_share_one_csv(tmp_path, mo
     assert len(looks) <= elapsed / app_module.SNAPSHOT_SECONDS + 2  # 20 pages x 40 ticks = 800 ticks
     assert csvs and all(text.startswith("run,step,epoch") and text.endswith("\n") for text in csvs)
     assert any("live-run,5," in text for text in csvs)  # the new run was added to the plots, up to its last point
+
+
+def test_a_tick_answers_for_every_output_of_the_timer_when_nothing_changed_and_when_something_did(tmp_path,
+                                                                                                 monkeypatch):
+    """The timer's outputs are named, and a tick answers for each of them: an unchanged snapshot skips them all (it
+    used to return 10 values for 12 outputs, a ValueError every 2 s per open page), a changed one updates what
+    changed and skips the rest."""
+    monkeypatch.delenv("SPACE_ID", raising=False)  # where training is allowed, Start follows the job
+    (tmp_path / "checkpoints" / "run").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "run" / "metrics.jsonl").write_text(train_line(1))
+    app = DemoApp(tmp_path / "checkpoints")
+    now = app.snapshot()
+    unchanged = app.tick(["run"], "step", None, now)
+    assert list(unchanged) == list(TICK_OUTPUTS) and unchanged["last_seen"] == now
+    assert all(unchanged[name] == gr.skip() for name in TICK_OUTPUTS if name != "last_seen")
+    first_page = app.tick(None, "step", None, (None, (), (), None, ()))  # a page that has seen nothing yet
+    assert list(first_page) == list(TICK_OUTPUTS)
+    assert first_page["run_picker"]["value"] == ["run"] and first_page["csv"].endswith(".csv")
+    assert first_page["status"] == app.train.training_status() and first_page["start"]["interactive"] is True
+    assert first_page["timelapse_run"] == gr.skip()  # no run with snapshots, before or now
+    assert all(first_page[name] == gr.skip() for name in app_module.MODEL_PICKERS)  # no model offered, nor before

@@ -20,10 +20,12 @@ from safetensors.torch import load_file, save_file
 
 from conftest import OFFLINE_ENV, REPO, WIKITEXT_DIR
 from mlm.runs import durability
-from mlm.runs.checkpoint import METRICS_FILE, read_metrics, staged
+from mlm.runs.layout import METRICS_FILE
+from mlm.runs.metrics import read_metrics
 from mlm.errors import UserError
 from mlm.runs.manifest import KILL_ENV, checkpoint_problem, committed_stagings, read_manifest
-from mlm.model.build import load_model
+from mlm.model.files import load_model
+from mlm.serve.answers import Predictor
 from mlm.serve.registry import ModelRegistry
 from mlm.train.trainer import main
 
@@ -126,22 +128,6 @@ def test_periodic_checkpoint_is_there_when_a_later_save_is_killed(killed_before_
     assert read_manifest(killed_before_commit)["step"] == 4
     assert checkpoint_problem(killed_before_commit) is None
     assert max(m["step"] for m in read_metrics(killed_before_commit)) == 8  # logged past the checkpoint
-
-
-def test_checkpoint_schedule_by_steps_and_by_minutes(monkeypatch):
-    clock = [1000.0]
-    monkeypatch.setattr(durability.time, "monotonic", lambda: clock[0])
-    schedule = durability.CheckpointSchedule(every_steps=100, every_minutes=2.0, last_step=0)
-    assert not schedule.due(99)
-    assert schedule.due(100)
-    schedule.saved(100)
-    clock[0] += 119
-    assert not schedule.due(150)
-    clock[0] += 1
-    assert schedule.due(150)  # two minutes, whatever the steps
-    off = durability.CheckpointSchedule(every_steps=None, every_minutes=None)
-    clock[0] += 10_000
-    assert not off.due(10**6)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -256,31 +242,11 @@ def test_a_damaged_checkpoint_is_refused_on_resume_and_on_load(uninterrupted, tm
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    registry = ModelRegistry(tmp_path)
+    predictor = Predictor(ModelRegistry(tmp_path))
     with caplog.at_level(logging.WARNING, logger="mlm.serve.registry"):
-        answer = registry.answer("run", "The [MASK] sat down.", 3)
+        answer = predictor.answer("run", "The [MASK] sat down.", 3)
     assert "damaged or incomplete" in answer["error"] and "\n" not in answer["error"]  # the client: one line
     assert "model.safetensors does not match" in caplog.text  # the log: which file
-
-
-def test_a_kill_between_the_two_renames_of_best_leaves_best_in_place(tmp_path):
-    """best/ is swapped with two renames (best -> best.old, staging -> best); a kill between them is undone."""
-    (tmp_path / "best.old").mkdir()
-    (tmp_path / "best.old" / "model.safetensors").write_bytes(b"weights")
-    (tmp_path / ".staging-x").mkdir()  # the new best/, never renamed into place
-    (tmp_path / "training_state").mkdir()
-    (tmp_path / "training_state" / "state.json").write_text('{"step": 3}')
-    assert durability.prepare_run_dir(tmp_path, resume=True)[0] == 3
-    assert (tmp_path / "best" / "model.safetensors").read_bytes() == b"weights"
-    assert not (tmp_path / "best.old").exists() and not list(tmp_path.glob(".staging-*"))
-
-
-def test_failed_save_leaves_no_staging_folder(tmp_path):
-    with pytest.raises(OSError):
-        with staged(tmp_path) as staging:
-            (staging / "model.safetensors").write_bytes(b"half")
-            raise OSError(28, "No space left on device")
-    assert not list(tmp_path.glob(".staging-*"))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -298,12 +264,12 @@ def test_damaged_metrics_lines_are_skipped_and_reported(uninterrupted, tmp_path,
                b'{"step": 5, "split": "train"}\n', b'{"step": 6, "epoch": 1.0, "split": "valid", "loss": NaN, '
                b'"perplexity": NaN, "top1": 0, "top5": 0, "total_steps": 12}\n']
     (run_dir / METRICS_FILE).write_bytes(b"".join(good[:3] + damaged + good[3:]) + b'{"step": 13, "ep')
-    with caplog.at_level(logging.WARNING, logger="mlm.runs.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="mlm.runs.metrics"):
         records = read_metrics(run_dir)
     assert records == read_metrics(uninterrupted)
     assert len([r for r in caplog.records if "skipped" in r.getMessage()]) == len(damaged)  # the cut last line: not
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="mlm.runs.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="mlm.runs.metrics"):
         read_metrics(run_dir)
     assert not caplog.records  # reported once, not at every refresh
     status = run_status(run_dir, exit_code=0)  # the Train tab's status and the Curves tab still work
@@ -360,9 +326,9 @@ def test_fill_mask_never_answers_nan(uninterrupted, tmp_path, caplog):
 
     broken_copy(uninterrupted, tmp_path / "nan-weights", nan_weight)
     broken_copy(uninterrupted, tmp_path / "huge-logits", huge_logits)
-    registry = ModelRegistry(tmp_path)
+    predictor = Predictor(ModelRegistry(tmp_path))
     with caplog.at_level(logging.WARNING, logger="mlm.serve.registry"):
-        answer = registry.fill_mask("The [MASK] sat down.", 3, "nan-weights", "huge-logits")
+        answer = predictor.fill_mask("The [MASK] sat down.", 3, "nan-weights", "huge-logits")
     strict_json(json.dumps(answer))
     assert "cannot load the checkpoint of 'nan-weights'" in answer["left"]["error"]
     assert "non-finite weights" in caplog.text  # refused at load, the reason logged

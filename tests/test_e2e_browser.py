@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
+from mlm.ui.app import TICK_SECONDS
+
 CHROMIUM = os.environ.get("MLM_CHROMIUM", "/usr/bin/chromium")
 # Without the background-networking flags Chromium keeps calling home, which floods a closed network.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -58,3 +60,19 @@ def test_bad_input_shows_a_message_and_the_other_column_still_answers(page):
     page.get_by_role("button", name="Predict").click()
     expect(page.locator("#left-filled textarea")).to_have_value(re.compile(r"^⚠️ Your sentence has no \[MASK\]"),
                                                                  timeout=30_000)
+
+
+def test_the_pages_timer_ticks_without_an_error_in_the_servers_log(page, app_server, app_project):
+    """Every open page's timer asks the server what changed every TICK_SECONDS; a tick that answered for fewer
+    outputs than the timer has (it once returned 10 values for 12 when nothing had changed) raised a ValueError each
+    time, its traceback in the log. A few ticks of a page left alone, then the log's new part has none."""
+    log = app_project / "app.log"
+    seen = log.stat().st_size
+    fresh = page.context.browser.new_page(viewport={"width": 1400, "height": 1000})  # beside the module's page
+    fresh.goto(app_server)
+    expect(fresh.locator("#left-filled textarea")).to_have_value(re.compile(r"^The capital of France is "),
+                                                                timeout=30_000)
+    fresh.wait_for_timeout(3 * TICK_SECONDS * 1000)  # three ticks with nothing new to show
+    fresh.close()
+    written = log.read_bytes()[seen:].decode(errors="replace")
+    assert "Traceback" not in written and "ValueError" not in written, written[-3000:]

@@ -12,7 +12,8 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from conftest import REPO, WIKITEXT_DIR, free_port
-from mlm.ui import CSS, build_demo
+from mlm.ui.app import build_demo
+from mlm.ui.common import CSS
 from test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS
 from test_train_tab import START_FORM, local_app  # noqa: F401 - local_app is a fixture used here
 
@@ -78,11 +79,11 @@ def test_a_training_run_is_followed_silently_and_in_focus(served, tmp_path):
         page.get_by_role("tab", name="Compare").click()  # the curves update while their tab is hidden
 
         form = {**START_FORM, "source": "file", "upload": str(small_corpus(tmp_path)), "max_train_blocks": 8000}
-        assert app.start_training(**form).startswith("Started")
+        assert app.train.start_training(**form).startswith("Started")
         run_dir = app.jobs.run_dir
         deadline = time.monotonic() + 300
         while len(train_records(run_dir)) < 2:
-            assert app.jobs.running() and time.monotonic() < deadline, app.training_status()
+            assert app.jobs.running() and time.monotonic() < deadline, app.train.training_status()
             time.sleep(1)
         time.sleep(2 * 2.0)  # a tick or two redraws the hidden plots
 
@@ -97,7 +98,7 @@ def test_a_training_run_is_followed_silently_and_in_focus(served, tmp_path):
         assert start >= 1  # the new run was added to the plots without being picked
         deadline = time.monotonic() + 180
         while live_points(page, run) < start + 2:  # two more silent updates while we watch
-            assert app.jobs.running() and time.monotonic() < deadline, app.training_status()
+            assert app.jobs.running() and time.monotonic() < deadline, app.train.training_status()
             time.sleep(0.5)
         assert page.evaluate("window.overlays") == 0
 

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from conftest import REPO, WIKITEXT_DIR
-from mlm.data.corpus import IGNORE_INDEX, MaskingSpec, fixed_validation_masks, load_mlm_data
+from mlm.data.blocks import load_mlm_data
+from mlm.data.masking import IGNORE_INDEX, MaskingSpec, fixed_validation_masks
 from mlm.train.evaluation import batch_totals, target_ranks, validation_totals
-from mlm.model.build import load_model
+from mlm.model.files import load_model
 from mlm.train.objective import MaskedLMObjective
 
 

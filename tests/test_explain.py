@@ -10,10 +10,11 @@ import torch
 from transformers import AutoTokenizer, pipeline
 
 from conftest import LORA_NAME, REPO, SCRATCH_NAME
+from mlm.model.files import load_model
+from mlm.serve.answers import Predictor
 from mlm.serve.explain import MAX_VIEW_TOKENS, Explainer
-from mlm.model.build import load_model
 from mlm.serve.registry import ModelRegistry
-from mlm.ui import DemoApp
+from mlm.ui.app import DemoApp
 
 MODELS = [SCRATCH_NAME, LORA_NAME]
 SENTENCE = "The capital of France is [MASK]."
@@ -27,6 +28,11 @@ def registry() -> ModelRegistry:
 @pytest.fixture(scope="module")
 def explainer(registry) -> Explainer:
     return Explainer(registry)
+
+
+@pytest.fixture(scope="module")
+def predictor(registry) -> Predictor:
+    return Predictor(registry)
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +73,11 @@ def test_each_token_log_prob_equals_the_pipeline_score_with_that_token_masked(ex
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_the_last_layer_equals_fill_mask_and_every_layer_equals_the_head_on_hooked_states(explainer, registry, name):
+def test_the_last_layer_equals_fill_mask_and_every_layer_equals_the_head_on_hooked_states(explainer, registry,
+                                                                                          predictor, name):
     text = "The [MASK] of France is [MASK]."
     answer = explainer.layer_guesses(text, 5, name)
-    compare = registry.predict(name, text, 5)
+    compare = predictor.predict(name, text, 5)
     model, tokenizer = registry.load(name)
     assert [m["index"] for m in answer["masks"]] == [m["index"] for m in compare["masks"]]
     for mask, expected in zip(answer["masks"], compare["masks"]):
@@ -100,7 +107,8 @@ def test_the_last_layer_equals_fill_mask_and_every_layer_equals_the_head_on_hook
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_attention_rows_are_distributions_recomputed_by_hand_and_compare_keeps_sdpa(explainer, registry, name):
+def test_attention_rows_are_distributions_recomputed_by_hand_and_compare_keeps_sdpa(explainer, registry, predictor,
+                                                                                     name):
     text = "The keys to the [MASK] are on the table."
     answer = explainer.attention(text, name)
     model, tokenizer = registry.load(name)
@@ -121,13 +129,13 @@ def test_attention_rows_are_distributions_recomputed_by_hand_and_compare_keeps_s
             expected = (query @ key.transpose(1, 2) / math.sqrt(size)).softmax(-1)
             assert torch.allclose(weights[number], expected, atol=1e-5)
     assert config._attn_implementation == "sdpa"  # the fast path is back for Compare
-    assert registry.predict(name, text, 1)["masks"]
+    assert predictor.predict(name, text, 1)["masks"]
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_the_top_guess_of_fill_mask_ranks_first_and_pieces_are_scored_as_the_pipeline_targets(explainer, registry,
+def test_the_top_guess_of_fill_mask_ranks_first_and_pieces_are_scored_as_the_pipeline_targets(explainer, predictor,
                                                                                                 pipelines, name):
-    top = registry.predict(name, SENTENCE, 1)["masks"][0]["candidates"][0]
+    top = predictor.predict(name, SENTENCE, 1)["masks"][0]["candidates"][0]
     answer = explainer.score_candidates(SENTENCE, f"{top['token']}, London, photosynthesis", name)
     first, london, split = answer["masks"][0]["words"]
     assert first["rank"] == 1 and first["score"] == pytest.approx(top["score"], abs=1e-6)
@@ -174,7 +182,7 @@ def test_the_slider_changes_the_picked_share(explainer):
 def test_a_minimal_pair_shows_each_models_preference(explainer):
     app = DemoApp(REPO / "checkpoints")
     pair = ("The keys to the cabinet are on the table.", "The keys to the cabinet is on the table.")
-    rows = app.minimal_pair(*pair, SCRATCH_NAME, LORA_NAME)
+    rows = app.explain.minimal_pair(*pair, SCRATCH_NAME, LORA_NAME)
     assert [row[0] for row in rows] == MODELS
     for row in rows:
         are, is_ = (explainer.score_sentence(sentence, row[0])["pseudo_log_likelihood"] for sentence in pair)
@@ -208,11 +216,12 @@ def test_training_view_bad_input(explainer, args, message):
 
 def test_the_attention_view_colours_the_sentence_by_the_picked_layer_and_head():
     app = DemoApp(REPO / "checkpoints")
-    left, right, source, *pickers = app.explain_attention("The keys to the [MASK] are on the table.", SCRATCH_NAME,
-                                                          LORA_NAME)
-    assert source["value"] == 5 and [p["value"] for p in pickers] == [3, 0, 6, 0]  # the mask; last layers, averages
-    shown = app.show_attention(left, right, 5, 2, 0, 6, 4)
+    picked = app.explain.explain_attention("The keys to the [MASK] are on the table.", SCRATCH_NAME, LORA_NAME)
+    left, right = picked["left"]["answer"], picked["right"]["answer"]
+    pickers = [picked[side][name]["value"] for side in ("left", "right") for name in ("layer", "head")]
+    assert picked["source"]["value"] == 5 and pickers == [3, 0, 6, 0]  # the mask; last layers, averages
+    shown = app.explain.show_attention(left, right, 5, 2, 0, 6, 4)
     weights = [torch.tensor(left["layers"])[1, :, 5].mean(0), torch.tensor(right["layers"])[5, 3, 5]]
-    for spans, expected in zip((shown[2], shown[6]), weights):
+    for spans, expected in zip((shown["left"]["spans"], shown["right"]["spans"]), weights):
         assert [weight for _, weight in spans[::2]] == pytest.approx(expected.tolist(), abs=1e-3)
-    assert "layer 2, the average of its heads" in shown[3] and "layer 6, head 4" in shown[7]
+    assert "layer 2, the average of its heads" in shown["left"]["note"] and "layer 6, head 4" in shown["right"]["note"]

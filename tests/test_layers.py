@@ -1,8 +1,8 @@
 """mlm.fast.layers against torch's nn.Linear and nn.LayerNorm: the same outputs and gradients (fp32 and bf16 autocast),
 parameters and initialisation.
 
-The custom backward runs on GPUs only; here `custom_backward_applies` is replaced so that it runs on the CPU
-(`torch.mm`'s fp32 output for bf16 inputs, the one CUDA-only line, is checked on the GPU by
+With kernels="auto" the custom backward runs on GPUs only; here the layers are built with kernels="custom", which
+runs it on the CPU too (`torch.mm`'s fp32 output for bf16 inputs, the one CUDA-only line, is checked on the GPU by
 benchmarks/check_layers_gpu.py)."""
 
 from __future__ import annotations
@@ -11,14 +11,16 @@ import pytest
 import torch
 from torch import nn
 
+from mlm.errors import UserError
+from mlm.fast.kernels import hand_written
 from mlm.fast.layers import LayerNorm, Linear, column_sums, linear, matmul_to
 
 
-def pair(bias: bool = True):
+def pair(bias: bool = True, kernels: str = "custom"):
     torch.manual_seed(3)
     reference = nn.Linear(24, 40, bias=bias)
     torch.manual_seed(3)
-    ours = Linear(24, 40, bias=bias)
+    ours = Linear(24, 40, bias=bias, kernels=kernels)
     return ours, reference
 
 
@@ -39,7 +41,7 @@ def gradients(module, x, autocast: bool):
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_fp32_outputs_and_gradients_equal_nn_linear(on_the_custom_path, bias):
+def test_fp32_outputs_and_gradients_equal_nn_linear(bias):
     ours, reference = pair(bias)
     x = torch.randn(3, 17, 24)
     out, grads = gradients(ours, x, autocast=False)
@@ -51,7 +53,7 @@ def test_fp32_outputs_and_gradients_equal_nn_linear(on_the_custom_path, bias):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_bf16_autocast_outputs_and_gradients_match_nn_linear_in_dtype_and_value(on_the_custom_path):
+def test_bf16_autocast_outputs_and_gradients_match_nn_linear_in_dtype_and_value():
     """Under autocast: bf16 output; fp32 gradients for the fp32 input and parameters, as autocast's casts give."""
     ours, reference = pair()
     x = torch.randn(5, 33, 24)
@@ -64,8 +66,9 @@ def test_bf16_autocast_outputs_and_gradients_match_nn_linear_in_dtype_and_value(
         torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)  # bf16 sums, accumulated in other orders
 
 
-def test_off_the_gpu_or_without_gradients_it_is_exactly_nn_linear():
-    ours, _ = pair()
+@pytest.mark.parametrize("kernels", ["auto", "torch", "layer_norm,output_loss"])
+def test_off_the_gpu_or_without_gradients_it_is_exactly_nn_linear(kernels):
+    ours, _ = pair(kernels=kernels)
     x = torch.randn(2, 24, requires_grad=True)
     assert ours(x).grad_fn.name() == "AddmmBackward0"  # CPU: torch's own path
     with torch.no_grad():
@@ -80,12 +83,12 @@ def test_matmul_to_returns_the_product_in_the_asked_dtype():
     assert matmul_to(a.float(), b.float(), torch.float32).dtype == torch.float32
 
 
-def test_functional_form_takes_a_padded_weight_and_its_gradient_reaches_the_original(on_the_custom_path):
+def test_functional_form_takes_a_padded_weight_and_its_gradient_reaches_the_original():
     """The MLM loss pads the tied output weight; the gradient flows back through the padding to the embedding."""
     weight = torch.randn(10, 8, requires_grad=True)
     x = torch.randn(6, 8, requires_grad=True)
     padded = torch.nn.functional.pad(weight, (0, 0, 0, 6))
-    out = linear(x, padded)
+    out = linear(x, padded, kernels="custom")
     assert out.shape == (6, 16) and out.grad_fn.name().startswith("LinearFunction")
     out.sum().backward()
     torch.testing.assert_close(weight.grad, x.detach().sum(0).expand(10, 8))  # d(sum x W^T)/dW: every row x.sum(0)
@@ -100,9 +103,9 @@ def test_column_sums_equal_torch_sum_for_narrow_and_wide_rows(width):
     torch.testing.assert_close(column_sums(halves, torch.float32), halves.float().sum(0), rtol=2e-2, atol=0.5)
 
 
-def norm_pair():
+def norm_pair(kernels: str = "custom"):
     reference = nn.LayerNorm(48, eps=1e-12)
-    ours = LayerNorm(48, eps=1e-12)
+    ours = LayerNorm(48, eps=1e-12, kernels=kernels)
     with torch.no_grad():  # trained-looking affine parameters, the same in both
         for a, b in zip(ours.parameters(), reference.parameters()):
             a.copy_(torch.randn_like(a))
@@ -111,7 +114,7 @@ def norm_pair():
 
 
 @pytest.mark.parametrize("autocast, input_dtype", [(False, torch.float32), (True, torch.float32), (True, torch.bfloat16)])
-def test_layer_norm_outputs_and_gradients_equal_nn_layer_norm(on_the_custom_path, autocast, input_dtype):
+def test_layer_norm_outputs_and_gradients_equal_nn_layer_norm(autocast, input_dtype):
     """fp32; under autocast with an fp32 input (the residual stream) and a bf16 one (the head's GELU output)."""
     ours, reference = norm_pair()
     x = (torch.randn(4, 19, 48) * 3 + 1).to(input_dtype)
@@ -137,6 +140,21 @@ def test_layer_norm_outputs_and_gradients_equal_nn_layer_norm(on_the_custom_path
         torch.testing.assert_close(got, want, rtol=tolerance, atol=tolerance)
 
 
-def test_layer_norm_off_the_gpu_is_torchs():
-    ours, _ = norm_pair()
+@pytest.mark.parametrize("kernels", ["auto", "torch", "linear,output_loss"])
+def test_layer_norm_off_the_gpu_is_torchs(kernels):
+    ours, _ = norm_pair(kernels)
     assert ours(torch.randn(2, 48, requires_grad=True)).grad_fn.name() == "NativeLayerNormBackward0"
+
+
+def test_the_kernels_switch_runs_the_pieces_it_names_and_auto_only_on_a_gpu():
+    x, weight = torch.randn(3, 8, requires_grad=True), torch.randn(8, 8)
+    pieces = ("linear", "layer_norm", "output_loss")
+    assert all(hand_written("custom", piece, x, weight) for piece in pieces)
+    assert not any(hand_written(kernels, piece, x, weight) for kernels in ("torch", "auto") for piece in pieces)
+    assert [hand_written("linear,output_loss", piece, x, weight) for piece in pieces] == [True, False, True]
+    with torch.no_grad():  # nothing to differentiate: torch's forward, whatever the switch says
+        assert not hand_written("custom", "linear", x, weight)
+    assert not hand_written("custom", "linear", x.detach(), weight)
+    for bad in ("cuda", "linear,,layer_norm", "", "Linear"):
+        with pytest.raises(UserError, match="--kernels must be auto, torch, custom or a comma-separated list"):
+            Linear(4, 4, kernels=bad)

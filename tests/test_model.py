@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlm.data.corpus import MaskingSpec, load_tokenizer, mask_tokens, max_predictions
+from mlm.data.masking import MaskingSpec, mask_tokens, max_predictions
+from mlm.data.tokenizer import load_tokenizer
 from mlm.errors import UserError
-from mlm.model.build import add_lora, load_model, parameter_count, save_model, scratch_bert, scratch_model
+from mlm.model.build import parameter_count, scratch_bert, scratch_model
+from mlm.model.files import load_model, save_model
+from mlm.model.lora import add_lora
 from mlm.train.objective import MaskedLMObjective
 
 
@@ -70,18 +73,17 @@ def test_the_mimetic_init_starts_positions_as_sinusoids_and_keys_as_queries(toke
         scratch_model(tokenizer, init="xavier")
 
 
-GPU_PATHS = pytest.mark.parametrize("gpu_path", [False, True], ids=["torch", "gpu-backward-forced"])
+# "auto" on the CPU is torch's path; "custom" the one a GPU step takes (the fused output-layer loss), on the CPU
+GPU_PATHS = pytest.mark.parametrize("kernels", ["auto", "custom"], ids=["torch", "gpu-backward-forced"])
 
 
 @GPU_PATHS
-def test_fast_loss_equals_bert_for_masked_lm(tokenizer, masked_batch, request, gpu_path):
+def test_fast_loss_equals_bert_for_masked_lm(tokenizer, masked_batch, kernels):
     """Also on the path a GPU step takes (mlm.fast.layers' backward, the fused output-layer loss), forced on the CPU."""
-    if gpu_path:
-        request.getfixturevalue("on_the_custom_path")
     torch.manual_seed(0)
     model = scratch_model(tokenizer).eval()  # no dropout: both forwards see the same network
     inputs, labels = masked_batch
-    objective = MaskedLMObjective(model, max_predictions(inputs.numel(), 0.15))
+    objective = MaskedLMObjective(model, max_predictions(inputs.numel(), 0.15), kernels)
     reference = model(input_ids=inputs, labels=labels).loss
     assert torch.allclose(objective(inputs, labels), reference, rtol=1e-5)
 
@@ -91,16 +93,14 @@ def test_fast_loss_equals_bert_for_masked_lm(tokenizer, masked_batch, request, g
 
 
 @GPU_PATHS
-def test_fast_loss_gradients_equal_bert_for_masked_lm(tokenizer, masked_batch, request, gpu_path):
-    if gpu_path:
-        request.getfixturevalue("on_the_custom_path")
+def test_fast_loss_gradients_equal_bert_for_masked_lm(tokenizer, masked_batch, kernels):
     torch.manual_seed(0)
     model = scratch_model(tokenizer).eval()
     inputs, labels = masked_batch
     model(input_ids=inputs, labels=labels).loss.backward()
     reference = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    MaskedLMObjective(model, max_predictions(inputs.numel(), 0.15))(inputs, labels).backward()
+    MaskedLMObjective(model, max_predictions(inputs.numel(), 0.15), kernels)(inputs, labels).backward()
     for name, parameter in model.named_parameters():
         assert torch.allclose(parameter.grad, reference[name], atol=1e-6, rtol=1e-4), name
 

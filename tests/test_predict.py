@@ -1,4 +1,4 @@
-"""The model registry and fill_mask on real tiny checkpoints (see conftest.app_project)."""
+"""The model registry and fill_mask (mlm.serve.answers) on real tiny checkpoints (see conftest.app_project)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,21 @@ import torch
 from transformers import AutoTokenizer, pipeline
 
 from conftest import LORA_NAME, SCRATCH_NAME
-from mlm.model.build import load_model
-from mlm.serve.registry import MAX_MASKS, ModelRegistry, check_text, fill_in, normalise_masks
 from mlm.errors import UserError
+from mlm.model.files import load_model
+from mlm.serve.answers import Predictor, fill_in
+from mlm.serve.checks import MAX_MASKS, check_text, normalise_masks
+from mlm.serve.registry import ModelRegistry
 
 
 @pytest.fixture(scope="module")
 def registry(app_project) -> ModelRegistry:
     return ModelRegistry(app_project / "checkpoints")
+
+
+@pytest.fixture(scope="module")
+def predictor(registry) -> Predictor:
+    return Predictor(registry)
 
 
 def pipeline_for(registry: ModelRegistry, name: str):
@@ -34,10 +41,10 @@ def test_offers_the_shipped_models_first_and_discovered_runs_after(registry):
 
 
 @pytest.mark.parametrize("name", [SCRATCH_NAME, LORA_NAME])
-def test_single_mask_scores_equal_the_fill_mask_pipeline(registry, name):
+def test_single_mask_scores_equal_the_fill_mask_pipeline(registry, predictor, name):
     text = "The capital of France is [MASK]."
     expected = pipeline_for(registry, name)(text)
-    answer = registry.predict(name, text, 5)
+    answer = predictor.predict(name, text, 5)
     [mask] = answer["masks"]
     tokenizer = registry.load(name)[1]
     assert [c["token"] for c in mask["candidates"]] == tokenizer.convert_ids_to_tokens([e["token"] for e in expected])
@@ -45,8 +52,8 @@ def test_single_mask_scores_equal_the_fill_mask_pipeline(registry, name):
         assert candidate["score"] == pytest.approx(reference["score"], abs=1e-4)
 
 
-def test_several_masks_each_get_candidates_and_the_filled_sentence_keeps_the_text(registry):
-    answer = registry.fill_mask("The [mask] of the <mask> is [MASK].", 3, SCRATCH_NAME, LORA_NAME)["left"]
+def test_several_masks_each_get_candidates_and_the_filled_sentence_keeps_the_text(predictor):
+    answer = predictor.fill_mask("The [mask] of the <mask> is [MASK].", 3, SCRATCH_NAME, LORA_NAME)["left"]
     assert [answer["tokens"][m["index"]] for m in answer["masks"]] == ["[MASK]"] * 3
     assert all(len(m["candidates"]) == 3 for m in answer["masks"])
     guesses = [m["candidates"][0]["token"] for m in answer["masks"]]
@@ -72,8 +79,8 @@ def test_word_pieces_join_the_word_before_them():
     ("A [MASK].", 21, "Top-k"),
     ("A [MASK].", 2.5, "Top-k"),
 ])
-def test_bad_input_gets_a_short_message_in_both_columns(registry, text, top_k, message):
-    answers = registry.fill_mask(text, top_k, SCRATCH_NAME, LORA_NAME)
+def test_bad_input_gets_a_short_message_in_both_columns(predictor, text, top_k, message):
+    answers = predictor.fill_mask(text, top_k, SCRATCH_NAME, LORA_NAME)
     for side in ("left", "right"):
         assert set(answers[side]) == {"model", "error"}
         assert message in answers[side]["error"] and len(answers[side]["error"]) < 120
@@ -84,22 +91,22 @@ def test_check_text_rejects_non_text():
         check_text(None, 5)
 
 
-def test_text_over_the_model_positions_is_refused(registry):
-    answer = registry.answer(SCRATCH_NAME, "word " * 600 + "[MASK]", 5)
+def test_text_over_the_model_positions_is_refused(predictor):
+    answer = predictor.answer(SCRATCH_NAME, "word " * 600 + "[MASK]", 5)
     assert answer["error"].startswith("The text is too long: 603 tokens")
 
 
-def test_markup_comes_back_as_plain_text(registry):
-    answer = registry.answer(SCRATCH_NAME, "<b>Paris</b> is the [MASK]. <script>alert(1)</script>", 1)
+def test_markup_comes_back_as_plain_text(predictor):
+    answer = predictor.answer(SCRATCH_NAME, "<b>Paris</b> is the [MASK]. <script>alert(1)</script>", 1)
     assert answer["filled"].startswith("<b>Paris</b> is the ")
     assert answer["filled"].endswith("<script>alert(1)</script>")
 
 
-def test_unknown_and_broken_models_fail_only_their_own_column(registry):
-    answers = registry.fill_mask("A [MASK].", 5, "no-such-model", SCRATCH_NAME)
+def test_unknown_and_broken_models_fail_only_their_own_column(predictor):
+    answers = predictor.fill_mask("A [MASK].", 5, "no-such-model", SCRATCH_NAME)
     assert answers["left"]["error"].startswith("Unknown model 'no-such-model'")
     assert answers["right"]["masks"]
-    answers = registry.fill_mask("A [MASK].", 5, LORA_NAME, "broken-run")
+    answers = predictor.fill_mask("A [MASK].", 5, LORA_NAME, "broken-run")
     assert answers["left"]["masks"]
     assert answers["right"]["error"].startswith("cannot load the checkpoint")
 
@@ -113,7 +120,7 @@ def test_a_model_that_is_not_a_bert_errors_only_its_column(app_project, tmp_path
     DistilBertForMaskedLM(config).save_pretrained(checkpoints / "distilbert")
     for tokenizer_file in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(checkpoints / "bert" / tokenizer_file, checkpoints / "distilbert" / tokenizer_file)
-    answers = ModelRegistry(checkpoints).fill_mask("A [MASK].", 3, "distilbert", "bert")
+    answers = Predictor(ModelRegistry(checkpoints)).fill_mask("A [MASK].", 3, "distilbert", "bert")
     assert answers["left"]["error"].startswith("The model 'distilbert' failed") and "Error" not in answers["left"]["error"]
     assert len(answers["right"]["masks"][0]["candidates"]) == 3
 

@@ -19,7 +19,7 @@ from mlm.errors import one_line_error
 from mlm.runs.progress import ProgressWriter, evaluations_expected, read_progress
 from mlm.ui.jobs.status import run_status
 from mlm.ui.jobs.request import TrainRequest
-from mlm.ui import DemoApp
+from mlm.ui.app import DemoApp
 from mlm.ui.train_tab import status_markdown, upload_limit
 
 
@@ -144,12 +144,12 @@ FORM = dict(preset="scratch", source="folder", data_dir=str(WIKITEXT_DIR), uploa
 
 
 def test_training_inputs_are_bounded_by_the_machine(app, monkeypatch):
-    assert "this machine has room for at most" in app.start_training(**{**FORM, "batch_size": 10**6})
-    assert "At most 100 epochs" in app.start_training(**{**FORM, "epochs": 1000})
+    assert "this machine has room for at most" in app.train.start_training(**{**FORM, "batch_size": 10**6})
+    assert "At most 100 epochs" in app.train.start_training(**{**FORM, "epochs": 1000})
     monkeypatch.setenv("SPACE_ID", "org/demo")
     monkeypatch.setenv("MLM_ALLOW_TRAINING", "1")
-    assert "minutes cap of at most 30" in app.start_training(**{**FORM, "max_minutes": None})
-    assert "minutes cap of at most 30" in app.start_training(**{**FORM, "max_minutes": 600})
+    assert "minutes cap of at most 30" in app.train.start_training(**{**FORM, "max_minutes": None})
+    assert "minutes cap of at most 30" in app.train.start_training(**{**FORM, "max_minutes": 600})
     assert app.jobs.status().state == "idle" and not (app.checkpoints_dir).exists()
 
 
@@ -164,7 +164,7 @@ def test_a_bad_upload_gets_one_line_and_nothing_starts(app, tmp_path, monkeypatc
     monkeypatch.setenv("MLM_MAX_UPLOAD_MB", "0.001")
     upload = tmp_path / "notes.txt"
     upload.write_bytes(content)
-    answer = app.start_training(**{**FORM, "source": "file", "upload": str(upload)})
+    answer = app.train.start_training(**{**FORM, "source": "file", "upload": str(upload)})
     assert answer.startswith("⚠️") and message in answer and "\n" not in answer
     assert app.jobs.status().state == "idle"
 
@@ -181,18 +181,18 @@ def test_uploads_are_off_where_training_is_off_and_limited_where_on(monkeypatch)
 def test_a_file_name_with_brackets_is_a_name_not_a_pattern(tmp_path):
     corpus = tmp_path / "notes[1] (final).txt"
     corpus.write_text("First line of my notes.\nSecond line.\nThird line.\n")
-    assert load_corpus(text_files=[str(corpus)])["train"]["text"] == ["First line of my notes.", "Second line."]
+    assert load_corpus(text_files=[str(corpus)])["train"] == ["First line of my notes.", "Second line."]
 
 
 def test_a_run_name_is_checked(app):
-    assert "A run name has letters" in app.start_training(**FORM, name="../escape")
+    assert "A run name has letters" in app.train.start_training(**FORM, name="../escape")
     (app.checkpoints_dir / "taken").mkdir(parents=True)
-    assert "A run named taken already exists" in app.start_training(**FORM, name="taken")
+    assert "A run named taken already exists" in app.train.start_training(**FORM, name="taken")
 
 
 def test_an_unwritable_checkpoints_folder_is_one_line(tmp_path, monkeypatch):
     monkeypatch.delenv("SPACE_ID", raising=False)
-    answer = DemoApp("/sys/mlm-checkpoints").start_training(**FORM)  # sysfs: writing is not permitted, even as root
+    answer = DemoApp("/sys/mlm-checkpoints").train.start_training(**FORM)  # sysfs: writing is not permitted, even as root
     assert answer == ("⚠️ Cannot write the run folder: Operation not permitted. Free some space or make the "
                       "checkpoints folder writable.")
 

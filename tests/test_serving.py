@@ -17,11 +17,17 @@ from gradio_client import Client
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, pipeline
 
 from conftest import LORA_NAME, SCRATCH_NAME
+from mlm.model.files import load_model
+from mlm.serve.answers import Predictor
+from mlm.serve.checks import MAX_TEXT_CHARS
 from mlm.serve.inference import MicroBatcher, TracedEncoders, chunks_by_tokens, masked_top_k
-from mlm.model.build import load_model
-from mlm.serve.registry import MAX_TEXT_CHARS, ModelRegistry
-from mlm.ui import DemoApp, build_demo
-from mlm.ui.gradio_patches import BUSY_MESSAGE, TOO_LARGE_MESSAGE, cheap_sessions, limit_per_session
+from mlm.serve.lru import LRU
+from mlm.serve.registry import ModelRegistry
+from mlm.ui.app import DemoApp, build_demo
+from mlm.ui.body_limit import TOO_LARGE_MESSAGE
+from mlm.ui.gradio_patches import (
+    BUSY_MESSAGE, UnsupportedGradio, cheap_sessions, check_gradio_version, limit_per_session, patch_gradio,
+)
 
 # A class name (SafetensorError, AttributeError, ...) or a path of the server in a message meant for a visitor.
 INTERNALS = re.compile(r"\b\w*(Error|Exception)\b|/tmp/|/work/|/home/|/root/")
@@ -30,6 +36,11 @@ INTERNALS = re.compile(r"\b\w*(Error|Exception)\b|/tmp/|/work/|/home/|/root/")
 @pytest.fixture(scope="module")
 def registry(app_project) -> ModelRegistry:
     return ModelRegistry(app_project / "checkpoints")
+
+
+@pytest.fixture(scope="module")
+def predictor(registry) -> Predictor:
+    return Predictor(registry)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -44,12 +55,13 @@ def tokenizer_must_not_run(monkeypatch):
     monkeypatch.setattr(PreTrainedTokenizerBase, "__call__", refuse)
 
 
-def test_a_40_mb_text_is_refused_before_tokenizing_fast_and_in_flat_memory(registry, tokenizer_must_not_run):
+def test_a_40_mb_text_is_refused_before_tokenizing_fast_and_in_flat_memory(registry, predictor,
+                                                                         tokenizer_must_not_run):
     registry.load(SCRATCH_NAME), registry.load(LORA_NAME)  # loading is not what is measured
     text = "word " * 8_000_000 + "[MASK]"
     tracemalloc.start()
     began = time.perf_counter()
-    answers = registry.fill_mask(text, 5, SCRATCH_NAME, LORA_NAME)
+    answers = predictor.fill_mask(text, 5, SCRATCH_NAME, LORA_NAME)
     seconds = time.perf_counter() - began
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
@@ -59,16 +71,16 @@ def test_a_40_mb_text_is_refused_before_tokenizing_fast_and_in_flat_memory(regis
 
 
 def test_the_ui_predict_event_refuses_an_oversized_text_before_tokenizing(app_project, tokenizer_must_not_run):
-    outputs = DemoApp(app_project / "checkpoints").compare("x" * (MAX_TEXT_CHARS + 1) + " [MASK]", 5, SCRATCH_NAME,
-                                                           LORA_NAME)
-    left_filled, right_filled = outputs[1]["value"], outputs[5]["value"]  # notes, then 4 outputs per side
+    outputs = DemoApp(app_project / "checkpoints").compare.compare("x" * (MAX_TEXT_CHARS + 1) + " [MASK]", 5,
+                                                                   SCRATCH_NAME, LORA_NAME)
+    left_filled, right_filled = outputs["left"]["filled"]["value"], outputs["right"]["filled"]["value"]
     assert left_filled.startswith("⚠️ The text is too long") and right_filled.startswith("⚠️ The text is too long")
 
 
-def test_a_text_at_the_limit_still_reaches_the_model(registry):
+def test_a_text_at_the_limit_still_reaches_the_model(predictor):
     text = ("a " * (MAX_TEXT_CHARS // 2))[: MAX_TEXT_CHARS - 7] + " [MASK]"
     assert len(text) == MAX_TEXT_CHARS
-    assert "tokens, this model reads at most 512" in registry.answer(SCRATCH_NAME, text, 5)["error"]  # its own limit
+    assert "tokens, this model reads at most 512" in predictor.answer(SCRATCH_NAME, text, 5)["error"]  # its own limit
 
 
 def test_the_server_refuses_an_oversized_text_and_a_40_mb_request_before_reading_it(app_server):
@@ -148,11 +160,49 @@ def test_loaded_models_are_bounded_least_recently_used_out_and_shipped_ones_pinn
     for run in ("run-a", "run-b", "run-c"):
         shutil.copytree(checkpoints / "scratch-wikitext2", checkpoints / run)
     registry = ModelRegistry(checkpoints, extra_models=2)
+    predictor = Predictor(registry)
     for number, name in enumerate((SCRATCH_NAME, "run-a", "run-b", "run-a", "run-c")):
-        assert registry.answer(name, f"A [MASK] {number}.", 1)["masks"]  # new texts: no answer from the cache
+        assert predictor.answer(name, f"A [MASK] {number}.", 1)["masks"]  # new texts: no answer from the cache
     assert registry.loaded() == [SCRATCH_NAME, "run-a", "run-c"]  # run-b was the least recently used
-    assert registry.answer("run-b", "Another [MASK].", 1)["masks"]  # evicted models load again when asked
+    assert predictor.answer("run-b", "Another [MASK].", 1)["masks"]  # evicted models load again when asked
     assert registry.loaded() == [SCRATCH_NAME, "run-c", "run-b"]
+
+
+def test_the_lru_cache_drops_the_least_recently_used_and_keeps_pinned_entries_beyond_its_bound():
+    cache = LRU(2, pinned=lambda key: key.startswith("shipped"))
+    for key in ("shipped-a", "x", "y"):
+        cache.put(key, key.upper())
+    assert cache.get("x") == "X"  # a use: y is now the least recently used
+    cache.put("z", "Z")
+    assert cache.keys() == ["shipped-a", "x", "z"] and cache.get("y") is None  # the pinned one did not count
+    cache.put("x", "new")  # replacing is a use too, and keeps one entry per key
+    assert cache.keys() == ["shipped-a", "z", "x"] and cache.get("x") == "new"
+    assert LRU(0).get("anything") is None
+    empty = LRU(0)
+    empty.put("k", "v")
+    assert len(empty) == 0  # a bound of 0 keeps nothing (but pinned entries)
+    with pytest.raises(ValueError):
+        LRU(-1)
+
+
+def test_the_lru_cache_stays_bounded_under_concurrent_use():
+    cache, errors = LRU(8), []
+
+    def use(offset: int) -> None:
+        try:
+            for number in range(2000):
+                cache.put((offset + number) % 50, number)
+                cache.get((offset * 7 + number) % 50)
+                assert len(cache) <= 8
+        except Exception as error:  # noqa: BLE001 - collected for the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=use, args=(offset,)) for offset in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(cache) == 8 and len(set(cache.keys())) == 8
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -214,15 +264,15 @@ def test_the_traced_encoder_gives_the_eager_numbers_padded_or_not(registry, name
 
 
 def test_concurrent_requests_share_forward_passes_and_get_their_own_answers(app_project):
-    registry = ModelRegistry(app_project / "checkpoints")
-    alone = {text: registry.answer(SCRATCH_NAME, text, 3) for text in SENTENCES}
-    registry = ModelRegistry(app_project / "checkpoints")  # a fresh answer cache
-    registry.load(SCRATCH_NAME)
+    predictor = Predictor(ModelRegistry(app_project / "checkpoints"))
+    alone = {text: predictor.answer(SCRATCH_NAME, text, 3) for text in SENTENCES}
+    predictor = Predictor(ModelRegistry(app_project / "checkpoints"))  # a fresh answer cache
+    predictor.registry.load(SCRATCH_NAME)
     batches = []
-    run_batch = registry._batcher._run_batch
-    registry._batcher._run_batch = lambda requests: batches.append(len(requests)) or run_batch(requests)
+    run_batch = predictor._batcher._run_batch
+    predictor._batcher._run_batch = lambda requests: batches.append(len(requests)) or run_batch(requests)
     results = {}
-    threads = [threading.Thread(target=lambda t=text: results.__setitem__(t, registry.answer(SCRATCH_NAME, t, 3)))
+    threads = [threading.Thread(target=lambda t=text: results.__setitem__(t, predictor.answer(SCRATCH_NAME, t, 3)))
                for text in SENTENCES * 8]
     for thread in threads:
         thread.start()
@@ -238,14 +288,14 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_answers(app_
 
 
 def test_repeated_questions_come_from_the_cache_as_independent_copies(app_project):
-    registry = ModelRegistry(app_project / "checkpoints")
-    first = registry.answer(SCRATCH_NAME, "Paris is the [MASK] of France.", 5)
+    predictor = Predictor(ModelRegistry(app_project / "checkpoints"))
+    first = predictor.answer(SCRATCH_NAME, "Paris is the [MASK] of France.", 5)
     first["masks"][0]["candidates"].clear()  # a caller changing its answer changes nobody else's
     def run_batch(requests):
         raise AssertionError("a repeated question ran the model again")
 
-    registry._batcher._run_batch = run_batch
-    again = registry.answer(SCRATCH_NAME, "Paris is the [MASK] of France.", 5)
+    predictor._batcher._run_batch = run_batch
+    again = predictor.answer(SCRATCH_NAME, "Paris is the [MASK] of France.", 5)
     assert len(again["masks"][0]["candidates"]) == 5
 
 
@@ -296,3 +346,29 @@ def test_a_cheap_session_configures_components_on_demand_and_gives_gradios_confi
     assert dict.__len__(session.config_values) == 1
     gradios._update_value_in_config(some_key, "changed")
     assert list(session.components) == list(gradios.components) and len(list(session.components)) == len(demo.blocks)
+
+
+def test_the_gradio_patches_refuse_a_gradio_they_were_not_written_for():
+    check_gradio_version()  # the installed one, which requirements.txt allows
+    for version in ("5.49.1", "7.0.0", "7.1.0rc1"):
+        with pytest.raises(UnsupportedGradio, match=f"written for gradio.*and gradio {version} is installed"):
+            check_gradio_version(version)
+
+
+def test_patch_gradio_sizes_the_groups_and_limits_each_session(monkeypatch):
+    import gradio as gr
+    from gradio import state_holder
+
+    monkeypatch.setattr(state_holder, "SessionState", state_holder.SessionState)  # undone after the test
+    with gr.Blocks() as demo:
+        box = gr.Textbox()
+        for _ in range(3):
+            box.submit(lambda text: text, box, box, concurrency_id="grouped")
+        box.change(lambda text: text, box, box)
+    demo.queue(default_concurrency_limit=1)
+    push = demo._queue.push
+    patch_gradio(demo, concurrency={"grouped": 5}, events_per_session=3)
+    limits = {fn.concurrency_id: fn.concurrency_limit for fn in demo.fns.values()}
+    assert [fn.concurrency_limit for fn in demo.fns.values() if fn.concurrency_id == "grouped"] == [5, 5, 5]
+    assert len(limits) == 2 and demo._queue.push is not push  # the other event keeps its own limit
+    assert state_holder.SessionState.configs_on_demand

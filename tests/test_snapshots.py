@@ -12,11 +12,13 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import OFFLINE_ENV, REPO, SCRATCH_NAME, train_tiny
-from mlm.runs.checkpoint import read_metrics
+from mlm.runs.metrics import read_metrics
+from mlm.serve.answers import Predictor
 from mlm.serve.registry import ModelRegistry
-from mlm.train.snapshots import (
-    FAITHFUL_TOP1, GROUP, SNAPSHOT_DIR, decode, encode, planned_steps, read_manifest, seeded_start,
-)
+from mlm.model.build import seeded_start
+from mlm.runs.layout import SNAPSHOT_DIR
+from mlm.runs.snapshots import FAITHFUL_TOP1, GROUP, decode, encode, read_manifest
+from mlm.train.snapshots import planned_steps
 from mlm.serve.timelapse import SnapshotModels
 
 TINY = ["--preset", "scratch", "--max-train-blocks", "64", "--max-eval-blocks", "16", "--batch-size", "8"]
@@ -25,7 +27,7 @@ SENTENCE = "The capital of France is [MASK]."
 
 @pytest.fixture(scope="module")
 def models(app_project) -> SnapshotModels:
-    return SnapshotModels(ModelRegistry(app_project / "checkpoints"))
+    return SnapshotModels(Predictor(ModelRegistry(app_project / "checkpoints")))
 
 
 def test_a_run_with_four_snapshots_lists_them_with_their_validation_points(app_project):
@@ -75,7 +77,7 @@ def test_a_mimetic_run_starts_from_its_init_and_its_random_start_is_rebuilt_with
     first = read_manifest(run)[0]
     # "seed" only if rebuilding from seed and init gave the trainer's start bit for bit (checked when written)
     assert (first["step"], first["format"], first["seed"], first["init"]) == (0, "seed", 42, "mimetic")
-    model, tokenizer = SnapshotModels(ModelRegistry(tmp_path)).model_at("mimetic", 0)
+    model, tokenizer = SnapshotModels(Predictor(ModelRegistry(tmp_path))).model_at("mimetic", 0)
     for layer in model.bert.encoder.layer:
         assert torch.equal(layer.attention.self.key.weight, layer.attention.self.query.weight)
     plain = seeded_start(tokenizer, 42)  # the same seed with Hugging Face's init is another start
@@ -89,7 +91,7 @@ def test_list_snapshots_and_the_last_snapshot_is_the_run(models):
     listed = models.list_snapshots(SCRATCH_NAME)
     assert [s["step"] for s in listed] == [0, 1, 2, 8] and set(listed[0]) == {"step", "epoch", "valid_loss"}
     last = models.fill_mask_at(SENTENCE, 5, SCRATCH_NAME, 8)
-    assert last == models.registry.fill_mask(SENTENCE, 5, SCRATCH_NAME, SCRATCH_NAME)["left"]
+    assert last == models.predictor.fill_mask(SENTENCE, 5, SCRATCH_NAME, SCRATCH_NAME)["left"]
     first = models.fill_mask_at(SENTENCE, 5, SCRATCH_NAME, 0)
     assert set(first) == set(last) and first["tokens"] == last["tokens"]
     assert [c["token"] for c in first["masks"][0]["candidates"]] != [c["token"] for c in last["masks"][0]["candidates"]]
@@ -112,7 +114,7 @@ def test_a_stored_snapshot_predicts_like_its_weights_in_the_hugging_face_pipelin
 def test_candidate_history_ends_at_the_final_probabilities_for_every_mask(models):
     text = "The [MASK] of the river is in the [MASK] mountains."
     history = models.candidate_history(text, SCRATCH_NAME, 3)
-    final = models.registry.fill_mask(text, 3, SCRATCH_NAME, SCRATCH_NAME)["left"]
+    final = models.predictor.fill_mask(text, 3, SCRATCH_NAME, SCRATCH_NAME)["left"]
     assert [s["step"] for s in history["snapshots"]] == [0, 1, 2, 8] and len(history["masks"]) == 2
     for mask, answer in zip(history["masks"], final["masks"]):
         assert [c["token"] for c in mask["candidates"]] == [c["token"] for c in answer["candidates"]]
@@ -131,7 +133,7 @@ def test_bad_requests_get_one_line_messages(models):
 
 KILL_ON_SECOND_FILE = """
 import os, signal, sys
-import mlm.train.snapshots as snapshots
+import mlm.runs.snapshots as snapshots
 from mlm.train.trainer import main
 real_save, calls = snapshots.save_file, []
 
@@ -175,7 +177,7 @@ def test_a_resumed_run_keeps_its_snapshots(tmp_path):
     assert after[:3] == before[:3] and all((run / SNAPSHOT_DIR / f).read_bytes() == b for f, b in files.items())
     # the run's step-8 weights moved on, so that snapshot was written out before training went on, faithfully
     assert after[3]["file"] and after[3]["format"] in {"int4", "int8", "fp16"} and after[-1]["format"] == "run"
-    model, _ = SnapshotModels(ModelRegistry(tmp_path)).model_at("resumed", 8)
+    model, _ = SnapshotModels(Predictor(ModelRegistry(tmp_path))).model_at("resumed", 8)
     restored = model.state_dict()
     for name, original in final_weights.items():
         bound = original.abs().max() / 14 + 1e-3  # half an int4 step at worst
@@ -186,7 +188,7 @@ def test_a_resumed_run_keeps_its_snapshots(tmp_path):
 def test_the_shipped_run_tells_the_story_random_plateau_final():
     """The shipped from-scratch checkpoint's time-lapse: a snapshot on the plateau guesses a frequent function word or
     punctuation for every sentence, and the last snapshot is the shipped model itself."""
-    models = SnapshotModels(ModelRegistry(REPO / "checkpoints"))
+    models = SnapshotModels(Predictor(ModelRegistry(REPO / "checkpoints")))
     steps = [s["step"] for s in models.list_snapshots(SCRATCH_NAME)]
     assert len(steps) >= 3 and steps[0] == 0
     frequent = {"the", ",", ".", "of", "and", "a", "in", "to", "was", "is", '"', "@-@"}
@@ -194,7 +196,7 @@ def test_the_shipped_run_tells_the_story_random_plateau_final():
             for step in steps]
     assert any(top in frequent for top in tops[1:-1]), tops
     assert models.fill_mask_at(SENTENCE, 5, SCRATCH_NAME, steps[-1]) == \
-        models.registry.fill_mask(SENTENCE, 5, SCRATCH_NAME, SCRATCH_NAME)["left"]
+        models.predictor.fill_mask(SENTENCE, 5, SCRATCH_NAME, SCRATCH_NAME)["left"]
     card = (REPO / "checkpoints" / "scratch-wikitext2" / "README.md").read_text()
     for entry in read_manifest(REPO / "checkpoints" / "scratch-wikitext2"):  # steps, losses and storage in the card
         assert f"| {entry['step']} | {entry['epoch']:.2f} | {entry['valid_loss']:.4f} | {entry['format']} |" in card

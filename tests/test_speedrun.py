@@ -3,18 +3,20 @@ output-layer loss, evaluation every N epochs, and their resume."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
 from conftest import WIKITEXT_DIR
-from mlm.runs.checkpoint import read_metrics
-from mlm.config import PRESETS, TrainConfig
-from mlm.data.corpus import IGNORE_INDEX, MaskingSpec, load_tokenizer, mask_tokens, max_predictions
+from mlm.runs.metrics import read_metrics
+from mlm.config import PRESETS, TrainConfig, argument_parser, config_from_args
+from mlm.data.masking import IGNORE_INDEX, MaskingSpec, mask_tokens, max_predictions
+from mlm.data.tokenizer import load_tokenizer
 from mlm.model.build import scratch_bert, scratch_model
 from mlm.train.objective import MaskedLMObjective
-from mlm.train.step import masking_schedule
+from mlm.train.schedule import masking_schedule
 from mlm.train.trainer import main
 
 TINY = ["--max-train-blocks", "16", "--max-eval-blocks", "8", "--batch-size", "8", "--log-every", "1"]
@@ -44,17 +46,17 @@ def test_masking_schedule_runs_linearly_from_start_to_end():
 
 
 @pytest.mark.parametrize("build", [scratch_model, scratch_bert], ids=["transformers", "mlm.model.bert"])
-@pytest.mark.parametrize("gpu_path", [False, True], ids=["torch", "gpu-backward-forced"])
-def test_bf16_loss_and_gradients_match_bert_for_masked_lm(tokenizer, build, request, gpu_path):
+@pytest.mark.parametrize("kernels", ["auto", "custom"], ids=["torch", "gpu-backward-forced"])
+def test_bf16_loss_and_gradients_match_bert_for_masked_lm(tokenizer, build, kernels):
     """The bf16 path computes the softmax on bf16 logits (no fp32 copy): same loss and gradient direction as the
     plain fp32 BertForMaskedLM loss, within bf16's precision; for transformers' model and the plain-torch one that
-    training uses (the same seed gives both the same weights); also on a GPU step's path, forced on the CPU."""
-    if gpu_path:
-        request.getfixturevalue("on_the_custom_path")
+    training uses (the same seed gives both the same weights); also on a GPU step's path, forced on the CPU
+    (kernels="custom": for the plain-torch model its layers' backward too)."""
     torch.manual_seed(0)
     bert_for_masked_lm = scratch_model(tokenizer).eval()
     torch.manual_seed(0)
-    model = build(tokenizer).eval()
+    own_layers = build is scratch_bert  # transformers' model has its own layers: the switch reaches its loss only
+    model = (build(tokenizer, kernels=kernels) if own_layers else build(tokenizer)).eval()
     ids = torch.randint(1000, 30000, (4, 128))
     inputs, labels = mask_tokens(ids, MaskingSpec.from_tokenizer(tokenizer, 0.3))
     reference = bert_for_masked_lm(input_ids=inputs, labels=labels).loss
@@ -62,7 +64,7 @@ def test_bf16_loss_and_gradients_match_bert_for_masked_lm(tokenizer, build, requ
     expected = {n: p.grad.clone() for n, p in bert_for_masked_lm.named_parameters()}
     model.zero_grad()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = MaskedLMObjective(model, max_predictions(inputs.numel(), 0.3))(inputs, labels)
+        loss = MaskedLMObjective(model, max_predictions(inputs.numel(), 0.3), kernels)(inputs, labels)
     assert loss.dtype == torch.float32 and abs(loss.item() - reference.item()) < 0.01 * reference.item()
     loss.backward()
     largest = max(g.norm() for g in expected.values())
@@ -81,10 +83,33 @@ def test_new_fields_survive_the_saved_config(tmp_path):
     assert PRESETS["fast"]["eval_epochs"] == PRESETS["fast-long"]["eval_epochs"] == 4
 
 
+def test_an_older_saved_config_loads_without_its_removed_fields_and_with_the_new_defaults(tmp_path):
+    saved = {**dataclasses.asdict(TrainConfig(lr=3e-3)), "adam_betas": [0.8, 0.9], "a_removed_field": 1}
+    del saved["kernels"]  # a field added after the run was saved
+    (tmp_path / "train_config.json").write_text(json.dumps(saved))
+    loaded = TrainConfig.load(tmp_path / "train_config.json")
+    assert (loaded.lr, loaded.adam_betas, loaded.kernels) == (3e-3, (0.8, 0.9), "auto")
+
+
+def test_every_field_is_a_flag_with_its_help_and_reads_into_that_field():
+    parser = argument_parser()
+    text = "".join(parser.format_help().split())  # without the white space that wrapping puts in
+    flags = {action.dest: action for action in parser._actions}
+    for field in dataclasses.fields(TrainConfig):
+        action = flags[field.name]
+        assert action.default is None  # a flag left out keeps the preset's (or the resumed run's) value
+        assert "".join(field.metadata["help"].replace("%%", "%").split()) in text, field.name
+    config, _ = config_from_args(["--kernels", "linear,output_loss", "--adam-betas", "0.8", "0.9", "--text-file", "a",
+                                  "--text-file", "b", "--no-cuda-graphs", "--compile", "--max-eval-blocks", "3"])
+    assert (config.kernels, config.adam_betas, config.text_files) == ("linear,output_loss", (0.8, 0.9), ["a", "b"])
+    assert (config.cuda_graphs, config.compile, config.max_eval_blocks, config.batch_size) == (False, True, 3, 8)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--mask-probability-end", "1.5"], "--mask-probability-end must be between 0 and 1"),
     (["--eval-epochs", "-1"], "--eval-epochs"),
     (["--adam-eps", "0"], "--adam-eps"),
+    (["--kernels", "cuda"], "--kernels must be auto, torch, custom or a comma-separated list of linear, layer_norm"),
 ])
 def test_bad_speedrun_flags_are_one_line_errors(capsys, tmp_path, flags, message):
     assert main(["--data-dir", str(WIKITEXT_DIR), "--output-dir", str(tmp_path / "out"), *flags]) == 2
@@ -115,7 +140,7 @@ def test_scheduled_run_evaluates_every_n_epochs_and_resumes_on_schedule(tmp_path
 
 def test_auto_precision_is_bf16_on_any_bf16_gpu_batch_and_fp32_without(monkeypatch):
     """bf16 at the original recipe's batch of 8 too (it pays with mlm.fast.layers' backward); the explicit choices win."""
-    from mlm.train.trainer import autocast_dtype
+    from mlm.train.precision import autocast_dtype
 
     cuda = torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
@@ -126,11 +151,11 @@ def test_auto_precision_is_bf16_on_any_bf16_gpu_batch_and_fp32_without(monkeypat
 
 
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
-def test_output_layer_loss_equals_torch_cross_entropy(on_the_custom_path, autocast):
+def test_output_layer_loss_equals_torch_cross_entropy(autocast):
     """The fused output-layer loss (vocabulary padded inside, softmax kept, gradient formed in place, 1/n applied
     beside the products) against F.linear + F.cross_entropy over the real vocabulary: loss and the gradients of
     input, weight and bias, with ignored rows; a batch with nothing to predict has loss 0 and zero gradients."""
-    from mlm.train.objective import OutputLayerLoss
+    from mlm.fast.output_loss import OutputLayerLoss
 
     torch.manual_seed(0)
     x = torch.randn(40, 32, requires_grad=True)

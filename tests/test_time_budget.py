@@ -7,14 +7,16 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 from conftest import OFFLINE_ENV, REPO, WIKITEXT_DIR
-from mlm.runs.checkpoint import read_metrics
+from mlm.runs.metrics import read_metrics
 from mlm.config import PRESETS, config_from_args
 from mlm.errors import UserError
-from mlm.train.schedule import TimeBudgetSchedule
-from mlm.train.step import linear_schedule
+from mlm.train.clock import on_monotonic
+from mlm.train.schedule import TimeBudgetSchedule, linear_schedule, schedule_for
+from mlm.train.trainer import Trainer
 
 
 class FakeClock:
@@ -26,7 +28,7 @@ class FakeClock:
 
 
 def test_the_schedule_warms_up_and_decays_to_zero_over_the_time_left():
-    schedule = TimeBudgetSchedule(1.0, warmup_ratio=0.1, reserve_s=lambda: 0.0)
+    schedule = TimeBudgetSchedule(1.0, warmup_ratio=0.1, reserve_s=lambda: 0.0, started=0.0)
     clock = FakeClock(schedule.deadline - 50)  # set-up took the first 10 s of the minute: 50 s are left
     schedule.clock = clock
     assert schedule.multiplier(0) == 0.0 and not schedule.done(0)
@@ -40,7 +42,7 @@ def test_the_schedule_warms_up_and_decays_to_zero_over_the_time_left():
 
 
 def test_the_run_ends_at_the_last_step_that_fits():
-    schedule = TimeBudgetSchedule(1.0, warmup_ratio=0.0, reserve_s=lambda: 0.0)
+    schedule = TimeBudgetSchedule(1.0, warmup_ratio=0.0, reserve_s=lambda: 0.0, started=0.0)
     start = schedule.deadline - 50
     schedule.clock = FakeClock(start)
     for step in range(1, 24):  # 2 s a step: step 25 would end at 48 + 2 = 50 s, no earlier than the end
@@ -51,7 +53,7 @@ def test_the_run_ends_at_the_last_step_that_fits():
 
 
 def test_one_step_gets_one_answer_however_late_it_is_asked():
-    schedule = TimeBudgetSchedule(1.0, warmup_ratio=0.0, reserve_s=lambda: 0.0)
+    schedule = TimeBudgetSchedule(1.0, warmup_ratio=0.0, reserve_s=lambda: 0.0, started=0.0)
     schedule.clock = FakeClock(schedule.deadline - 10)
     assert not schedule.done(3)
     schedule.clock.now = schedule.deadline + 5  # the budget ran out during this step's evaluation
@@ -60,7 +62,7 @@ def test_one_step_gets_one_answer_however_late_it_is_asked():
 
 
 def test_the_schedule_leaves_time_for_the_last_evaluation_and_projects_the_steps():
-    schedule = TimeBudgetSchedule(1.0, warmup_ratio=0.0, reserve_s=lambda: 20.0)
+    schedule = TimeBudgetSchedule(1.0, warmup_ratio=0.0, reserve_s=lambda: 20.0, started=0.0)
     schedule.clock = FakeClock(schedule.deadline - 60)
     schedule.progress()
     assert schedule.end == pytest.approx(schedule.deadline - 20)
@@ -95,3 +97,13 @@ def test_a_budget_run_ends_on_time_with_the_learning_rate_at_zero(tmp_path):
     assert state["finished"] and state["step"] == train[-1]["step"]
     valid = [r for r in read_metrics(run) if r["split"] == "valid"]
     assert valid[-1]["step"] == train[-1]["step"]  # the last validation is at the end of the budget
+
+
+def test_the_minutes_cap_the_time_budget_and_the_app_count_from_one_process_start(tmp_path):
+    """One clock (mlm/train/clock.py): the process's start as the system recorded it, read when the Trainer is made."""
+    config, _ = config_from_args(["--preset", "budget", "--max-minutes", "3", "--output-dir", str(tmp_path / "run")])
+    trainer = Trainer(config)
+    started_at = psutil.Process().create_time()
+    assert trainer.stopper.started_at == trainer.progress.state["started_at"] == started_at  # the cap; progress.json
+    budget = schedule_for(config.time_budget, 0.1, 100, 10, 1, trainer.stopper.started_at, lambda: 0.0, None)
+    assert budget.deadline - 60 * config.time_budget == pytest.approx(on_monotonic(started_at), abs=0.05)

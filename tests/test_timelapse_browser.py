@@ -11,7 +11,7 @@ from gradio_client import Client
 from playwright.sync_api import expect
 
 from conftest import REPO, SCRATCH_NAME, running_app
-from mlm.ui.plots.curves import percent
+from mlm.ui.plots.guesses import percent
 from test_e2e_browser import SCREENSHOTS, page  # noqa: F401 - the module-scoped browser page fixture
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import OFFLINE_ENV, REPO, WIKITEXT_DIR, train_tiny
-from mlm.runs.checkpoint import read_metrics
+from mlm.runs.metrics import read_metrics
 from mlm.train.trainer import main
 
 TINY = ["--max-train-blocks", "160", "--max-eval-blocks", "16"]
@@ -93,7 +93,7 @@ def test_two_processes_split_the_batch_and_stay_in_step(tmp_path):
 
 
 def test_resume_restores_the_optimizer_state(trained_run, tmp_path):
-    from mlm.runs.checkpoint import load_training_state
+    from mlm.train.state import load_training_state
     from mlm.model.build import pretrained_model
     from mlm.train.step import build_optimizer
 

@@ -12,7 +12,7 @@ from transformers import pipeline
 
 from conftest import OFFLINE_ENV, REPO, WIKITEXT_DIR
 from mlm.model import bert
-from mlm.runs.checkpoint import STATE_DIR, STATE_FILE
+from mlm.runs.layout import STATE_DIR, STATE_FILE
 from mlm.data.tokenizer import TokenizerFiles
 
 # Runs the training command's own main() in a fresh process, then reports which libraries that process imported.
@@ -54,3 +54,12 @@ def test_a_scratch_run_and_its_resume_never_import_transformers_and_load_in_fill
     with torch.no_grad():
         logits = model(torch.tensor([ids])).logits[0, ids.index(tokenizer.mask_token_id)]
     assert [g["token"] for g in guesses] == logits.topk(5).indices.tolist()
+
+
+def test_importing_the_trainer_leaves_the_interpreter_as_it_was():
+    """Bytecode is the launcher's business (benchmarks/README.md): where an image writes none, importing the trainer
+    does not turn it on."""
+    env = {**{k: v for k, v in OFFLINE_ENV.items() if k != "PYTHONPYCACHEPREFIX"}, "PYTHONDONTWRITEBYTECODE": "1"}
+    code = "import sys, mlm.train.trainer; print(sys.dont_write_bytecode, sys.pycache_prefix)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["True", "None"]

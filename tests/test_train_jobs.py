@@ -1,6 +1,7 @@
 """Training jobs as a teacher meets them, with real CPU runs: the phases the status names, Stop inside a validation
 (the process ends within seconds and leaves a resumable checkpoint), Resume from the tab, the minutes cap, an
-upload's lifetime, and a job that outlives its app (restart finds it; SIGTERM to the app does not orphan it)."""
+upload's lifetime, a job that outlives its app (restart finds it; SIGTERM to the app does not orphan it), and a lock
+file that cannot be read or written (never a second job unnoticed)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ from pathlib import Path
 import pytest
 
 from conftest import OFFLINE_ENV, REPO, WIKITEXT_DIR
-from mlm.runs.checkpoint import read_metrics
-from mlm.model.build import load_model
+from mlm.errors import UserError
+from mlm.model.files import load_model
+from mlm.runs.layout import LOCK_FILE
+from mlm.runs.metrics import read_metrics
 from mlm.runs.progress import read_progress
-from mlm.ui.jobs.jobs import LOCK_FILE, TrainingJobs
+from mlm.ui.jobs.jobs import TrainingJobs
+from mlm.ui.jobs.lock import Holder, JobLock
 from mlm.ui.jobs.request import TrainRequest
-from mlm.ui import DemoApp
+from mlm.ui.app import DemoApp
 
 # 10 steps of 8 per epoch, and a validation of 15 batches of 16 blocks: long enough to press Stop inside it
 SLOW_VALIDATION = dict(preset="scratch", data_source="folder", data_dir=str(WIKITEXT_DIR), epochs=2, batch_size=8,
@@ -60,10 +64,10 @@ def test_phases_then_stop_inside_a_validation_then_resume_from_the_tab(local_app
     assert in_order(["starting", "validating", "training", "validating"], [s.phase for s in seen])
     assert any(s.phase == "training" and s.eta_s for s in seen)  # once a validation was timed, an ETA
     assert all(s.elapsed_s is not None for s in seen)
-    assert "validating" in app.training_status()
+    assert "validating" in app.train.training_status()
 
     began = time.monotonic()
-    answer = app.stop_training()
+    answer = app.train.stop_training()
     assert answer.startswith("Stopping") and "stopping" in answer
     assert jobs.wait(10) == 0  # well inside a 15-batch validation: it was abandoned, not finished
     assert time.monotonic() - began < 10
@@ -75,13 +79,13 @@ def test_phases_then_stop_inside_a_validation_then_resume_from_the_tab(local_app
     assert state["step"] == 10 and not state["finished"]
     assert load_model(jobs.run_dir).config.num_hidden_layers == 3
 
-    second = app.stop_training()  # a second Stop keeps the outcome on screen
+    second = app.train.stop_training()  # a second Stop keeps the outcome on screen
     assert "No training run is going." in second and "Stopped by the Stop button" in second
 
-    assert "Resumed." in app.resume_training(None)
-    assert "already going" in app.start_training("scratch", "folder", str(WIKITEXT_DIR), None, 1, 5e-4, 8, 100, 5)
+    assert "Resumed." in app.train.resume_training(None)
+    assert "already going" in app.train.start_training("scratch", "folder", str(WIKITEXT_DIR), None, 1, 5e-4, 8, 100, 5)
     watch(jobs, lambda s: s.step > 10)  # it went on from step 10
-    app.stop_training()
+    app.train.stop_training()
     jobs.wait(30)
     assert 10 < json.loads((jobs.run_dir / "training_state" / "state.json").read_text())["step"] <= 20
     assert jobs.status().reason in {"stop", "finished"}  # stopped, or finished (20 steps) before Stop arrived
@@ -107,7 +111,7 @@ def test_an_upload_is_copied_for_its_run_and_removed_once_the_run_finished(local
     lines = [line for line in (WIKITEXT_DIR / "wiki.valid.tokens").read_text().splitlines() if line.strip()][:600]
     upload.write_text("\n".join(lines) + "\n")
     app = local_app
-    answer = app.start_training("scratch", "file", "", str(upload), 1, 5e-4, 8, 16, 5, 8, "my-notes")
+    answer = app.train.start_training("scratch", "file", "", str(upload), 1, 5e-4, 8, 16, 5, 8, "my-notes")
     assert answer.startswith("Started.") and "**my-notes**" in answer
     run_dir = app.checkpoints_dir.resolve() / "my-notes"
     assert not upload.exists()  # Gradio's copy is gone; the run has its own
@@ -186,3 +190,65 @@ def test_sigterm_to_the_app_stops_its_trainer_with_a_checkpoint(tmp_path):
     finally:
         if alive(trainer):
             os.kill(trainer, signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A lock file that cannot be read or written
+
+
+@pytest.mark.parametrize("damage", ["torn", "not a lock", "a folder"])
+def test_a_corrupt_lock_file_refuses_every_start_until_it_is_removed(tmp_path, damage):
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    lock = checkpoints / LOCK_FILE
+    if damage == "a folder":
+        lock.mkdir()
+    else:
+        lock.write_text('{"pid": 12' if damage == "torn" else '{"pid": "someone", "run_dir": "x"}')
+    jobs = TrainingJobs(checkpoints)
+    for attempt in (lambda: jobs.start(TrainRequest(**SLOW_VALIDATION)), lambda: jobs.resume(checkpoints / "run")):
+        with pytest.raises(UserError) as refused:
+            attempt()
+        message = str(refused.value)
+        assert str(lock) in message and "delete that file and start again" in message and "\n" not in message
+    assert jobs.status().message == message  # the Train tab says why nothing starts
+    assert [p.name for p in checkpoints.iterdir()] == [LOCK_FILE]  # no run folder made; the lock left to a person
+    if damage != "a folder":
+        assert lock.read_text() in ('{"pid": 12', '{"pid": "someone", "run_dir": "x"}')
+    (lock.rmdir if damage == "a folder" else lock.unlink)()
+    jobs.refuse_if_running()  # removed: starting is allowed again
+
+
+def trainers_under(folder: Path) -> list[int]:
+    """The processes whose command line names `folder` (a trainer started for a run inside it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and str(folder) in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_lock_file_that_cannot_be_written_ends_the_job_with_one_line(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    lock = JobLock(tmp_path / "gone" / LOCK_FILE)  # its folder does not exist: writing it fails with a real OSError
+    jobs = TrainingJobs(checkpoints, lock=lock)
+    with pytest.raises(UserError) as refused:
+        jobs.start(TrainRequest(**SLOW_VALIDATION))
+    message = str(refused.value)
+    assert "Cannot write the lock file" in message and "not started" in message and "\n" not in message
+    assert not jobs.running() and jobs.pid is None and jobs.status().state == "idle"
+    assert list(checkpoints.iterdir()) == []  # its new run folder is gone again
+    assert trainers_under(tmp_path) == []  # the trainer it had launched was ended (and reaped)
+
+
+def test_an_app_releases_only_its_own_job_s_lock(tmp_path):
+    """When this app's job ended, another app may hold the lock already: that lock stays."""
+    lock = JobLock(tmp_path / LOCK_FILE)
+    lock.write(Holder(os.getpid(), tmp_path / "other-run", time.time()))
+    lock.release(os.getpid() + 1)
+    assert lock.read().pid == os.getpid()
+    lock.release(os.getpid())
+    assert lock.read() is None

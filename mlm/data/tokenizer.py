@@ -1,9 +1,11 @@
-"""A fast tokenizer's folder read with the `tokenizers` library alone: what a from-scratch training run needs of it.
+"""The tokenizer of a run: `load_tokenizer` (transformers' fast tokenizer) or `load_plain_tokenizer` (its files read
+with the `tokenizers` library alone, `TokenizerFiles`).
 
-`AutoTokenizer` imports transformers (~3 s of a training command's start-up, issue 12); the run only needs the
-special-token ids, the vocabulary size, batch encoding (first run only: the blocks are cached) and a copy of the
-files for its checkpoints. `tokenizer.json` holds the whole pipeline, and encoding it with `tokenizers` gives
-transformers' ids exactly (tests/test_bert.py compares both, tests/test_fastdata.py the blocks they make).
+`AutoTokenizer` imports transformers, seconds of a training command's start-up (the start-up phases of the speedrun
+log, benchmarks/LOG.md, have the measurements: the `data` phase). A from-scratch run only needs the special-token
+ids, the vocabulary size, batch encoding (first run only: the blocks are cached) and a copy of the files for its
+checkpoints. `tokenizer.json` holds the whole pipeline, and encoding it with `tokenizers` gives transformers' ids
+exactly (tests/test_bert.py compares both, tests/test_blocks.py the blocks they make).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from mlm.errors import UserError
+from mlm.hub import BERT_BASE, offline_stand_in, resolve
+
+DEFAULT_TOKENIZER = BERT_BASE
 
 # BertTokenizer's special tokens; a tokenizer_config.json or special_tokens_map.json may rename them.
 SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
@@ -63,3 +68,24 @@ def tokenizer_folder(source: str) -> Path | None:
     """The folder of a resolved tokenizer source, if it is one with a tokenizer.json (a hub name is not)."""
     path = Path(source)
     return path if (path / "tokenizer.json").is_file() else None
+
+
+def load_tokenizer(name_or_path: str = DEFAULT_TOKENIZER):
+    """bert-base-uncased's fast tokenizer: from a folder, the hub, or offline from the MiniLM package (same vocab)."""
+    from transformers import AutoTokenizer
+
+    source = resolve(offline_stand_in(name_or_path))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load a tokenizer from '{name_or_path}': {error}") from error
+    if not tokenizer.is_fast or tokenizer.mask_token is None:
+        raise UserError(f"'{name_or_path}' is not a fast tokenizer with a [MASK] token")
+    return tokenizer
+
+
+def load_plain_tokenizer(name_or_path: str = DEFAULT_TOKENIZER):
+    """The same tokenizer as `TokenizerFiles` where its source is a folder with a tokenizer.json (a from-scratch run
+    then never imports transformers), else `load_tokenizer`'s."""
+    folder = tokenizer_folder(resolve(offline_stand_in(name_or_path)))
+    return TokenizerFiles(folder) if folder else load_tokenizer(name_or_path)

@@ -2,8 +2,8 @@
 
 Why not `torch.optim.AdamW(fused=True)`, which runs the very same kernel (`torch._fused_adamw_`)? Its base class
 imports `torch._dynamo` at the first `add_param_group` and `step` (to mark graph breaks for `torch.compile`), and
-with it sympy and half of torch's compiler stack: 2-3 s of every training command's start-up on a machine with
-cached bytecode, 3.5 s on the GPU image this project benchmarks on, which caches none. A lesson waits for that.
+with it sympy and half of torch's compiler stack: seconds of every training command's start-up, which a lesson
+waits for (the speedrun log, benchmarks/LOG.md row 21, has the measurements).
 This class is the part of the optimizer training uses: parameter groups with their own weight decay, one learning
 rate held in a tensor (a captured CUDA graph reads the current value at every replay), `state` per parameter and
 `state_dict` / `load_state_dict` in torch's layout, so checkpoints written with either load into the other.

@@ -1,12 +1,13 @@
 """BERT for masked language modelling in plain torch: what a from-scratch training run builds, without transformers.
 
-Importing `transformers` costs ~3 s of a training command's start-up (issue 12 wants the whole command at the
+Importing `transformers` costs seconds of a training command's start-up (issue 12 wants the whole command at the
 first step within 5 s), and a from-scratch run uses nothing of it but the model. This is the same network as
 `transformers.BertForMaskedLM` (post-LN encoder, exact-erf GELU, dropout after the embeddings, on the attention
 probabilities and after each sublayer; absolute positions; one token type), with the same module and parameter
 names, so its state_dict loads strictly into BertForMaskedLM and back, and `save_pretrained` writes the folder
 HF writes (`model.safetensors` without the tied decoder, `config.json`): `pipeline("fill-mask", folder)` loads it.
-Its linear and layer-norm layers are `mlm.fast.layers`': torch's, with a faster backward on a GPU.
+Its linear and layer-norm layers are `mlm.fast.layers`': torch's, with a faster backward on a GPU; which backward
+runs is the `kernels` switch's choice (mlm/fast/kernels.py), given when the model is built and never saved.
 
 Initialisation is HF's `_init_weights`: Linear and Embedding weights N(0, 0.02), biases zero, the padding row of
 the word embeddings zero, LayerNorm weight 1 and bias 0. The modules are even built and initialised in HF's order
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mlm.fast.layers import LayerNorm, Linear, attention, linear
+from mlm.fast.layers import LayerNorm, Linear, linear
 
 # The tied parameters: HF's save_pretrained leaves them out of model.safetensors, and so does this one.
 TIED = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
@@ -69,12 +70,12 @@ class Output:
 
 
 class Embeddings(nn.Module):
-    def __init__(self, c: BertConfig):
+    def __init__(self, c: BertConfig, kernels: str):
         super().__init__()
         self.word_embeddings = nn.Embedding(c.vocab_size, c.hidden_size, padding_idx=c.pad_token_id)
         self.position_embeddings = nn.Embedding(c.max_position_embeddings, c.hidden_size)
         self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.hidden_size)
-        self.LayerNorm = LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.LayerNorm = LayerNorm(c.hidden_size, eps=c.layer_norm_eps, kernels=kernels)
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -85,12 +86,12 @@ class Embeddings(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, c: BertConfig):
+    def __init__(self, c: BertConfig, kernels: str):
         super().__init__()
-        self.heads, self.dropout_p = c.num_attention_heads, c.attention_probs_dropout_prob
-        self.query = Linear(c.hidden_size, c.hidden_size)
-        self.key = Linear(c.hidden_size, c.hidden_size)
-        self.value = Linear(c.hidden_size, c.hidden_size)
+        self.heads, self.dropout_p, self.kernels = c.num_attention_heads, c.attention_probs_dropout_prob, kernels
+        self.query = Linear(c.hidden_size, c.hidden_size, kernels=kernels)
+        self.key = Linear(c.hidden_size, c.hidden_size, kernels=kernels)
+        self.value = Linear(c.hidden_size, c.hidden_size, kernels=kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
@@ -98,18 +99,18 @@ class SelfAttention(nn.Module):
         projections = (self.query, self.key, self.value)
         weight = torch.cat([p.weight for p in projections])
         bias = torch.cat([p.bias for p in projections])
-        q, k, v = linear(x, weight, bias).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        context = attention(q, k, v, self.dropout_p if self.training else 0.0)
+        q, k, v = linear(x, weight, bias, self.kernels).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        context = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout_p if self.training else 0.0)
         return context.transpose(1, 2).reshape(batch, length, width)
 
 
 class AddNorm(nn.Module):
     """dense -> dropout -> + residual -> LayerNorm: HF's BertSelfOutput and BertOutput."""
 
-    def __init__(self, c: BertConfig, inputs: int):
+    def __init__(self, c: BertConfig, inputs: int, kernels: str):
         super().__init__()
-        self.dense = Linear(inputs, c.hidden_size)
-        self.LayerNorm = LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.dense = Linear(inputs, c.hidden_size, kernels=kernels)
+        self.LayerNorm = LayerNorm(c.hidden_size, eps=c.layer_norm_eps, kernels=kernels)
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -117,30 +118,30 @@ class AddNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, c: BertConfig):
+    def __init__(self, c: BertConfig, kernels: str):
         super().__init__()
-        self.self = SelfAttention(c)
-        self.output = AddNorm(c, c.hidden_size)
+        self.self = SelfAttention(c, kernels)
+        self.output = AddNorm(c, c.hidden_size, kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.output(self.self(x), x)
 
 
 class Intermediate(nn.Module):
-    def __init__(self, c: BertConfig):
+    def __init__(self, c: BertConfig, kernels: str):
         super().__init__()
-        self.dense = Linear(c.hidden_size, c.intermediate_size)
+        self.dense = Linear(c.hidden_size, c.intermediate_size, kernels=kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.gelu(self.dense(x))
 
 
 class Layer(nn.Module):
-    def __init__(self, c: BertConfig):
+    def __init__(self, c: BertConfig, kernels: str):
         super().__init__()
-        self.attention = Attention(c)
-        self.intermediate = Intermediate(c)
-        self.output = AddNorm(c, c.intermediate_size)
+        self.attention = Attention(c, kernels)
+        self.intermediate = Intermediate(c, kernels)
+        self.output = AddNorm(c, c.intermediate_size, kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.attention(x)
@@ -148,16 +149,16 @@ class Layer(nn.Module):
 
 
 class Encoder(nn.Module):
-    def __init__(self, c: BertConfig):
+    def __init__(self, c: BertConfig, kernels: str):
         super().__init__()
-        self.layer = nn.ModuleList(Layer(c) for _ in range(c.num_hidden_layers))
+        self.layer = nn.ModuleList(Layer(c, kernels) for _ in range(c.num_hidden_layers))
 
 
 class BertModel(nn.Module):
-    def __init__(self, c: BertConfig):
+    def __init__(self, c: BertConfig, kernels: str):
         super().__init__()
-        self.embeddings = Embeddings(c)
-        self.encoder = Encoder(c)
+        self.embeddings = Embeddings(c, kernels)
+        self.encoder = Encoder(c, kernels)
 
     def forward(self, input_ids: torch.Tensor) -> Output:
         x = self.embeddings(input_ids)
@@ -167,20 +168,20 @@ class BertModel(nn.Module):
 
 
 class HeadTransform(nn.Module):
-    def __init__(self, c: BertConfig):
+    def __init__(self, c: BertConfig, kernels: str):
         super().__init__()
-        self.dense = Linear(c.hidden_size, c.hidden_size)
-        self.LayerNorm = LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.dense = Linear(c.hidden_size, c.hidden_size, kernels=kernels)
+        self.LayerNorm = LayerNorm(c.hidden_size, eps=c.layer_norm_eps, kernels=kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(F.gelu(self.dense(x)))
 
 
 class LMPredictionHead(nn.Module):
-    def __init__(self, c: BertConfig):
+    def __init__(self, c: BertConfig, kernels: str):
         super().__init__()
-        self.transform = HeadTransform(c)
-        self.decoder = Linear(c.hidden_size, c.vocab_size)  # weight and bias tied after initialisation
+        self.transform = HeadTransform(c, kernels)
+        self.decoder = Linear(c.hidden_size, c.vocab_size, kernels=kernels)  # weight and bias tied after initialisation
         self.bias = nn.Parameter(torch.zeros(c.vocab_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -188,22 +189,23 @@ class LMPredictionHead(nn.Module):
 
 
 class MLMHead(nn.Module):
-    def __init__(self, c: BertConfig):
+    def __init__(self, c: BertConfig, kernels: str):
         super().__init__()
-        self.predictions = LMPredictionHead(c)
+        self.predictions = LMPredictionHead(c, kernels)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.predictions(hidden)
 
 
 class BertForMaskedLM(nn.Module):
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: BertConfig, kernels: str = "auto"):
+        """`kernels`: which backward the linear and layer-norm layers run (mlm/fast/kernels.py)."""
         super().__init__()
         self.config = config
         # HF initialises its inner BertModel as soon as it is built, then builds and initialises the head (children
         # before parents): the same order here gives the same random start under the same seed
-        self.bert = BertModel(config).apply(self._init_weights)
-        self.cls = MLMHead(config).apply(self._init_weights)
+        self.bert = BertModel(config, kernels).apply(self._init_weights)
+        self.cls = MLMHead(config, kernels).apply(self._init_weights)
         head = self.cls.predictions
         head.decoder.weight = self.bert.embeddings.word_embeddings.weight
         head.decoder.bias = head.bias
@@ -238,13 +240,14 @@ class BertForMaskedLM(nn.Module):
         (folder / "config.json").write_text(json.dumps(self.config.to_json(), indent=2) + "\n")
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, dropout: float | None = None) -> "BertForMaskedLM":
+    def from_pretrained(cls, folder: str | Path, dropout: float | None = None,
+                        kernels: str = "auto") -> "BertForMaskedLM":
         """A saved BERT MLM folder (this model's or HF's), fp32; every non-tied tensor must be in the file."""
         folder = Path(folder)
         values = json.loads((folder / "config.json").read_text())
         if dropout is not None:
             values = {**values, "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
-        model = cls(BertConfig.from_dict(values))
+        model = cls(BertConfig.from_dict(values), kernels)
         missing, unexpected = model.load_state_dict(load_file(folder / "model.safetensors"), strict=False)
         if set(missing) - set(TIED) or set(unexpected) - set(TIED):
             raise ValueError(f"{folder} does not hold this BERT's weights (missing {sorted(set(missing) - set(TIED))[:3]}, "

@@ -15,37 +15,46 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from mlm.runs.checkpoint import BEST_DIR, DIVERGED_FILE, METRICS_FILE, STATE_DIR, STATE_FILE, truncate_metrics
 from mlm.errors import UserError
-from mlm.runs.manifest import (
-    MANIFEST_FILE, checkpoint_problem, committed_stagings, read_manifest, recover, verify_checkpoint, write_text_atomic,
-)
+from mlm.runs.atomic import previous_folder, write_text_atomic
+from mlm.runs.layout import BEST_DIR, CHECKPOINT_MANIFEST, DIVERGED_FILE, METRICS_FILE, STATE_DIR, STATE_FILE
+from mlm.runs.manifest import checkpoint_problem, committed_stagings, read_manifest, recover, verify_checkpoint
+from mlm.runs.metrics import truncate_metrics
 
 
 @dataclass
 class CheckpointSchedule:
-    """Due every `every_steps` steps or `every_minutes` minutes since the last checkpoint (None: never by that)."""
+    """Due every `every_steps` steps or `every_minutes` minutes since the last checkpoint (None: never by that).
+
+    `clock` (seconds, only differences count) is read for the start and at every `due`/`saved`: one clock for all
+    three, so a test passes its own and never depends on the machine's uptime."""
 
     every_steps: int | None
     every_minutes: float | None
     last_step: int = 0
-    last_time: float = field(default_factory=time.monotonic)
+    clock: Callable[[], float] = time.monotonic
+    last_time: float | None = None  # None: now, by `clock`
+
+    def __post_init__(self):
+        if self.last_time is None:
+            self.last_time = self.clock()
 
     def due(self, step: int) -> bool:
         by_steps = self.every_steps is not None and step - self.last_step >= self.every_steps
-        by_time = self.every_minutes is not None and time.monotonic() - self.last_time >= 60 * self.every_minutes
+        by_time = self.every_minutes is not None and self.clock() - self.last_time >= 60 * self.every_minutes
         return by_steps or by_time
 
     def saved(self, step: int) -> None:
-        self.last_step, self.last_time = step, time.monotonic()
+        self.last_step, self.last_time = step, self.clock()
 
 
 def has_checkpoint(run_dir: Path) -> bool:
     """Whether `run_dir` holds a checkpoint to resume (possibly one whose publish a kill interrupted)."""
-    return ((run_dir / MANIFEST_FILE).is_file() or (run_dir / STATE_DIR / STATE_FILE).is_file()
+    return ((run_dir / CHECKPOINT_MANIFEST).is_file() or (run_dir / STATE_DIR / STATE_FILE).is_file()
             or bool(committed_stagings(run_dir)))
 
 
@@ -74,7 +83,7 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> tuple[int | None, list[str]]
 def _checkpoint_step(run_dir: Path) -> int:
     try:
         state = json.loads((run_dir / STATE_DIR / STATE_FILE).read_text())
-        if (run_dir / MANIFEST_FILE).is_file() and read_manifest(run_dir)["step"] != state["step"]:
+        if (run_dir / CHECKPOINT_MANIFEST).is_file() and read_manifest(run_dir)["step"] != state["step"]:
             raise ValueError("its manifest and training state name different steps")
         return int(state["step"])
     except (OSError, ValueError, KeyError, TypeError) as error:
@@ -83,7 +92,8 @@ def _checkpoint_step(run_dir: Path) -> int:
 
 def _restore_best(run_dir: Path) -> None:
     """best/ is swapped in with two renames; a kill between them leaves only best.old: put it back."""
-    best, old = run_dir / BEST_DIR, run_dir / (BEST_DIR + ".old")
+    best = run_dir / BEST_DIR
+    old = previous_folder(best)
     if old.is_dir():
         if best.exists():
             shutil.rmtree(old, ignore_errors=True)

@@ -12,7 +12,7 @@ resume took the mix. Now:
 A kill before 2 leaves the old checkpoint as it was (the incomplete staging folder is stale: `recover` removes it).
 A kill after 2 leaves a committed staging folder, whose moves `recover` finishes. Until then the run folder is
 refused with one line: a committed staging folder is pending, or a file does not match the manifest. Folders
-without a manifest (written before manifests existed, like the shipped checkpoints) are taken as they are.
+without a manifest (written before manifests existed) are taken as they are; the shipped checkpoints carry one.
 
 This module needs no torch: tests kill it at each stage in a throw-away process that starts in milliseconds.
 """
@@ -23,28 +23,17 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mlm.errors import UserError
+from mlm.runs.atomic import fsync_folder, write_text_atomic
+from mlm.runs.layout import CHECKPOINT_MANIFEST, STAGING_PREFIX
 
-MANIFEST_FILE = "checkpoint.json"
-STAGING_PREFIX = ".staging-"
 # Fault injection for the tests: "N:K" ends the process (os._exit, as abrupt as kill -9) during its N-th publish,
 # after K of that publish's steps (K=0: before the commit point; 1: just after it; then one per file moved).
 KILL_ENV = "MLM_KILL_DURING_PUBLISH"
 _publishes = 0
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace `path` in one rename, its contents on disk first (a crash leaves the old file or the new one)."""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(handle.name, 0o644)  # tempfile creates 0600; a checkpoint is meant to be shared
-    os.replace(handle.name, path)
 
 
 def file_sha256(path: Path, flush: bool = False) -> str:
@@ -59,7 +48,7 @@ def file_sha256(path: Path, flush: bool = False) -> str:
 
 
 def read_manifest(folder: Path) -> dict:
-    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    manifest = json.loads((folder / CHECKPOINT_MANIFEST).read_text())
     if not isinstance(manifest.get("files"), dict) or not isinstance(manifest.get("step"), int):
         raise ValueError("no step or file list")
     return manifest
@@ -67,7 +56,7 @@ def read_manifest(folder: Path) -> dict:
 
 def committed_stagings(run_dir: Path) -> list[Path]:
     """Staging folders past their commit point whose files are not all moved in yet, oldest step first."""
-    pending = [p for p in Path(run_dir).glob(STAGING_PREFIX + "*") if (p / MANIFEST_FILE).is_file()]
+    pending = [p for p in Path(run_dir).glob(STAGING_PREFIX + "*") if (p / CHECKPOINT_MANIFEST).is_file()]
     return sorted(pending, key=lambda p: _step_or_minus_one(p))
 
 
@@ -103,14 +92,14 @@ def publish(staging: Path, run_dir: Path, step: int) -> None:
     kill = _KillSwitch()
     kill.check()
     files = sorted(p for p in staging.rglob("*") if p.is_file())
-    # one thread per file: hashing and fsync release the GIL, and the optimizer state and the weights (~85 and
-    # ~42 MB in `fast`) take as long as the largest alone (an H200 host hashes ~1 GB/s per core)
+    # one thread per file: hashing and fsync release the GIL, so the optimizer state and the weights (the two
+    # largest files) take as long as the largest alone
     with ThreadPoolExecutor(max_workers=max(1, len(files))) as pool:
         checksums = list(pool.map(lambda path: file_sha256(path, flush=True), files))
     entries = {p.relative_to(staging).as_posix(): {"size": p.stat().st_size, "sha256": checksum}
                for p, checksum in zip(files, checksums)}
-    write_text_atomic(staging / MANIFEST_FILE, json.dumps({"step": step, "files": entries}, indent=1) + "\n")
-    _fsync_folder(staging)
+    write_text_atomic(staging / CHECKPOINT_MANIFEST, json.dumps({"step": step, "files": entries}, indent=1) + "\n")
+    fsync_folder(staging)
     kill.step_done()
     move_in(staging, run_dir, kill)
 
@@ -126,18 +115,10 @@ def move_in(staging: Path, run_dir: Path, kill: _KillSwitch | None = None) -> No
             destination.parent.mkdir(parents=True, exist_ok=True)
             os.replace(source, destination)
             kill.step_done()
-    os.replace(staging / MANIFEST_FILE, run_dir / MANIFEST_FILE)
-    _fsync_folder(run_dir)
+    os.replace(staging / CHECKPOINT_MANIFEST, run_dir / CHECKPOINT_MANIFEST)
+    fsync_folder(run_dir)
     kill.step_done()
     shutil.rmtree(staging, ignore_errors=True)
-
-
-def _fsync_folder(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def recover(run_dir: Path) -> list[str]:
@@ -158,18 +139,18 @@ def checkpoint_problem(folder: Path, deep: bool = True) -> str | None:
     folder = Path(folder)
     if committed_stagings(folder):
         return "a save was interrupted; resume the run to finish it"
-    if not (folder / MANIFEST_FILE).is_file():
+    if not (folder / CHECKPOINT_MANIFEST).is_file():
         return None  # written before manifests existed
     try:
         files = read_manifest(folder)["files"]
     except (OSError, ValueError) as error:
-        return f"its {MANIFEST_FILE} is unreadable ({type(error).__name__})"
+        return f"its {CHECKPOINT_MANIFEST} is unreadable ({type(error).__name__})"
     for name, entry in files.items():
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
         if path.stat().st_size != entry.get("size") or (deep and file_sha256(path) != entry.get("sha256")):
-            return f"{name} does not match {MANIFEST_FILE}"
+            return f"{name} does not match {CHECKPOINT_MANIFEST}"
     return None
 
 

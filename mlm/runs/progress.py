@@ -24,9 +24,9 @@ import json
 import time
 from pathlib import Path
 
-from mlm.runs.checkpoint import write_text_atomic
+from mlm.runs.atomic import write_text_atomic
+from mlm.runs.layout import PROGRESS_FILE
 
-PROGRESS_FILE = "progress.json"
 STOP_REASONS = ("finished", "cap", "stop", "diverged", "error")
 
 
@@ -40,7 +40,7 @@ def evaluations_expected(start_step: int, total_steps: int, steps_per_epoch: int
 
 
 class ProgressWriter:
-    """The trainer's side: every update rewrites the whole file (a few hundred bytes) with os.replace."""
+    """The trainer's side: every update rewrites the whole file (a few hundred bytes) in one rename."""
 
     def __init__(self, run_dir: Path, started_at: float, max_minutes: float | None = None, enabled: bool = True):
         self.path = Path(run_dir) / PROGRESS_FILE

@@ -7,7 +7,8 @@ import re
 from pathlib import Path
 
 from mlm.serve import readable
-from mlm.runs.checkpoint import CONFIG_FILE, read_metrics
+from mlm.runs.layout import CONFIG_FILE
+from mlm.runs.metrics import read_metrics
 
 PARAMETERS_IN_CARD = re.compile(r"\(([\d,]+) parameters")
 

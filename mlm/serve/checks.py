@@ -9,7 +9,9 @@ from mlm.errors import UserError
 
 MAX_MASKS = 10
 MAX_TOP_K = 20
-# Checked before anything else touches the text: tokenizing 40 MB held the only inference worker for 130 s.
+# Checked before anything else touches the text: tokenizing a 40 MB text would hold the only inference worker
+# far longer than a student waits (benchmarks/bench_load.py's big-text scenario sends one; its record, in
+# benchmarks/records/, has the time it is refused in).
 # What a model can read (512 tokens) is rarely over 3,000 characters, so this refuses next to nothing it could read.
 MAX_TEXT_CHARS = 5000
 # What students type for a mask, in any case: BERT's [MASK] and RoBERTa's <mask>.
@@ -62,3 +64,10 @@ def check_length(tokens: int, model, limit: int | None = None) -> None:
         raise UserError(f"The text is too long: {tokens} tokens, this model reads at most {model_limit}.")
     if limit is not None and tokens > limit:
         raise UserError(f"The text is too long: {tokens} tokens, this view reads at most {limit}.")
+
+
+def encode(model, tokenizer, text: str, limit: int | None = None) -> dict:
+    """The model's inputs for a checked text, or UserError when it has more tokens than the model (or `limit`) reads."""
+    encoded = tokenizer(text, return_tensors="pt")
+    check_length(encoded["input_ids"].shape[1], model, limit)
+    return encoded

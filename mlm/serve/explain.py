@@ -20,10 +20,12 @@ from contextlib import contextmanager
 
 import torch
 
-from mlm.data.corpus import IGNORE_INDEX, MaskingSpec, load_tokenizer, mask_tokens
+from mlm.data.masking import IGNORE_INDEX, MaskingSpec, mask_tokens
+from mlm.data.tokenizer import load_tokenizer
 from mlm.errors import UserError
 from mlm.model.build import bert_for_masked_lm
-from mlm.serve.registry import MASK, check_masked, check_sentence, check_top_k, encode, one_side
+from mlm.serve.answers import one_side
+from mlm.serve.checks import MASK, check_masked, check_sentence, check_top_k, encode
 
 MAX_WORDS = 20
 # Attention returns layers x heads x tokens^2 weights and pseudo-log-likelihood runs one masked copy of the sentence

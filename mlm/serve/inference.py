@@ -14,10 +14,9 @@ from __future__ import annotations
 import threading
 import warnings
 import weakref
-from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Callable, Hashable, Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -54,6 +53,8 @@ class TracedEncoders:
     (and waits for the GIL) after each of its hundreds of ops, so under load it crawled behind the server's work; a
     traced one runs the whole pass in C++ without the GIL. Same ops on the same weights (shared, not copied): the
     same numbers. It is traced on a padded batch, so the attention-mask path is in the graph whatever a batch holds.
+    Kept, although PyTorch marks TorchScript deprecated, for what an A/B against the eager encoder measured
+    (benchmarks/records/2026-12-08_cpu-xeon-amx_torchscript-serving); mlm.serve.answers.Predictor switches it.
     """
 
     def __init__(self):
@@ -142,29 +143,3 @@ class MicroBatcher:
                     future.set_exception(result)
                 else:
                     future.set_result(result)
-
-
-class LRUCache:
-    """A thread-safe mapping of at most `size` items that forgets the least recently used one first."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self._items: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Hashable):
-        with self._lock:
-            if key not in self._items:
-                return None
-            self._items.move_to_end(key)
-            return self._items[key]
-
-    def put(self, key: Hashable, value) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._items)

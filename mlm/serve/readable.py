@@ -13,7 +13,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
-MASK = "[MASK]"
+from mlm.serve.checks import MASK
+
 UNKNOWN_SHARE = 0.25  # past this share of [UNK] pieces the model guesses from almost nothing
 FOREIGN_LETTER_SHARE = 0.2  # accented/non-Latin letters beyond this share: not English
 # Frequent short words of English and of the languages students try first (French, Spanish, German, Italian,

@@ -1,4 +1,4 @@
-"""Which models the app offers, and their fill-mask predictions as plain JSON (no Gradio here).
+"""Which models the app offers, and loading them (no Gradio here).
 
 The registry offers, by display name:
   * the models listed in `checkpoints/models.json` (shipped checkpoints; hub models only while the hub is reachable),
@@ -6,49 +6,33 @@ The registry offers, by display name:
   * every other run folder under `checkpoints/` that holds a finished checkpoint, named after its folder, so a run
     trained from the app appears without a restart.
 
-Loaded models are kept in a bounded cache: the configured (shipped) ones always, at most `extra_models` others,
-least recently used out first; a model is loaded again if its weights file changed (a resumed run).
-Predictions run the encoder once and the 30,522-way output layer only at the [MASK] positions, which gives the same
-scores as `transformers.pipeline("fill-mask")` for a fraction of the work. Concurrent requests share padded forward
-passes on one worker thread (mlm.serve.inference), and answers to repeated questions (the examples, the default sentence)
-come from a small cache.
+Loaded models are kept in a bounded cache (mlm.serve.lru): the configured (shipped) ones always, at most
+`extra_models` others, least recently used out first; a model is loaded again if its weights file changed (a
+resumed run). Asking the models questions is mlm.serve.answers' job.
 
-What reaches a client is in the user's terms only: server paths and exception details go to the server log.
+A failure to load reaches the client in the user's terms only: server paths and exception details go to the log.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import threading
-from collections import OrderedDict
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from mlm.serve import readable
-from mlm.serve.cards import model_card
-from mlm.runs.durability import servable
-from mlm.runs.checkpoint import METRICS_FILE
-# The checks live in mlm.serve.checks; the app and the Explain views import them from here, beside the registry.
-from mlm.serve.checks import (MASK, MAX_MASKS, MAX_TEXT_CHARS, MAX_TOP_K, check_length, check_masked,  # noqa: F401
-                        check_sentence, check_text, check_top_k, normalise_masks)
-from mlm.hub import hub_reachable
 from mlm.errors import UserError
-from mlm.serve.inference import LRUCache, MicroBatcher, TracedEncoders, masked_top_k
-from mlm.model.build import load_model, weights_file
+from mlm.hub import hub_reachable
+from mlm.model.files import load_model, weights_file
+from mlm.runs.layout import METRICS_FILE
+from mlm.runs.durability import servable
+from mlm.serve.cards import model_card
+from mlm.serve.lru import LRU
 
 logger = logging.getLogger(__name__)
 
 MODELS_FILE = "models.json"
 EXTRA_MODELS = 2  # loaded models kept besides the configured ones (about 50-100 MB each)
-ANSWER_CACHE_SIZE = 256
-# Short sentences only: an answer repeats its text in each candidate's "sequence" (up to 200 times), so this bounds
-# the cache to about 15 MB at worst; a typical answer is a few kB.
-ANSWER_CACHE_MAX_CHARS = 300
 
 
 @dataclass(frozen=True)
@@ -72,12 +56,9 @@ class ModelRegistry:
     def __init__(self, checkpoints_dir: str | Path, extra_models: int = EXTRA_MODELS):
         self.checkpoints_dir = Path(checkpoints_dir)
         self.project_dir = self.checkpoints_dir.resolve().parent  # models.json paths are relative to the project
-        self.extra_models = extra_models
-        self._loaded: OrderedDict[str, tuple] = OrderedDict()  # name -> (version, model, tokenizer), LRU first
-        self._load_lock = threading.Lock()
-        self._answers = LRUCache(ANSWER_CACHE_SIZE)  # (name, version, text, top_k) -> answer
-        self._batcher = MicroBatcher(self._run_batch)
-        self._encoders = TracedEncoders()
+        # name -> (version, model, tokenizer); the shipped models are pinned, never evicted
+        self._loaded: LRU[str, tuple] = LRU(extra_models, pinned=self.is_configured)
+        self._load_lock = threading.Lock()  # one load at a time: two requests never load the same model twice
 
     # ------------------------------------------------------------------------------------------------------------
     # Which models exist
@@ -103,6 +84,9 @@ class ModelRegistry:
                 if weights_file(folder):
                     entries.append(ModelEntry(item["name"], str(folder), description))
         return entries
+
+    def is_configured(self, name: str) -> bool:
+        return any(entry.name == name for entry in self.configured())
 
     def discovered(self) -> list[ModelEntry]:
         """Run folders under checkpoints/ holding a checkpoint (a run in progress has none until it stops)."""
@@ -133,14 +117,18 @@ class ModelRegistry:
                     folders[folder.name] = folder
         return {name: folder for name, folder in folders.items() if (folder / METRICS_FILE).is_file()}
 
-    # ------------------------------------------------------------------------------------------------------------
-    # Loading, cached
-
     def entry(self, name: str) -> ModelEntry:
         entries = self.entries()
         if name not in entries:
             raise UserError(f"Unknown model '{name}'. Choose one of: {', '.join(entries) or 'none available'}.")
         return entries[name]
+
+    def card(self, name: str) -> dict:
+        """What a model is, how big, trained on what, how good (see mlm.serve.cards)."""
+        return model_card(self.entry(name))
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Loading, cached
 
     def load(self, name: str):
         """(model, tokenizer), loaded once per checkpoint version and kept while the cache bound allows."""
@@ -149,7 +137,6 @@ class ModelRegistry:
         with self._load_lock:
             cached = self._loaded.get(name)
             if cached and cached[0] == version:
-                self._loaded.move_to_end(name)
                 return cached[1:]
             from transformers import AutoTokenizer
 
@@ -166,146 +153,9 @@ class ModelRegistry:
                 raise UserError(f"cannot load the tokenizer of '{name}'.") from error
             if tokenizer.mask_token_id is None:
                 raise UserError(f"the tokenizer of '{name}' has no [MASK] token")
-            self._loaded.pop(name, None)  # an older version goes before the new one counts against the bound
-            self._loaded[name] = (version, model, tokenizer)
-            self._evict()
+            self._loaded.put(name, (version, model, tokenizer))  # replaces an older version of it
             return model, tokenizer
 
     def loaded(self) -> list[str]:
         """Names of the models in memory, least recently used first."""
-        return list(self._loaded)
-
-    def _evict(self) -> None:
-        """Drop the least recently used models beyond `extra_models`; configured (shipped) ones are never dropped."""
-        pinned = {entry.name for entry in self.configured()}
-        others = [name for name in self._loaded if name not in pinned]
-        for name in others[: max(0, len(others) - self.extra_models)]:
-            del self._loaded[name]
-
-    # ------------------------------------------------------------------------------------------------------------
-    # Predictions
-
-    def predict(self, name: str, text: str, top_k: int) -> dict:
-        """One model's answer for an already checked text (see `check_text`)."""
-        return self.predict_later(name, text, top_k).result()
-
-    def predict_later(self, name: str, text: str, top_k: int) -> Future:
-        """The future answer for an already checked text: from the answer cache, or the next batched pass."""
-        key = (name, self.entry(name).version(), text, int(top_k))  # a rewritten checkpoint has a new version
-        cached = self._answers.get(key)
-        if cached is not None:
-            future: Future = Future()
-            future.set_result(copy.deepcopy(cached))  # each caller may change its own copy
-            return future
-
-        def remember(done: Future) -> None:
-            if done.exception() is None and len(text) <= ANSWER_CACHE_MAX_CHARS:
-                self._answers.put(key, copy.deepcopy(done.result()))
-
-        future = self._batcher.submit((name, text, int(top_k)))
-        future.add_done_callback(remember)
-        return future
-
-    def _run_batch(self, requests: list[tuple[str, str, int]]) -> list:
-        """Answers (or UserErrors) for (name, text, top_k) requests: one padded forward pass per model."""
-        results: list = [None] * len(requests)
-        by_model: dict[str, list[int]] = {}
-        for index, (name, _, _) in enumerate(requests):
-            by_model.setdefault(name, []).append(index)
-        for name, indices in by_model.items():
-            try:
-                model, tokenizer = self.load(name)
-                encoded = tokenizer([requests[i][1] for i in indices])["input_ids"]
-                fits = []
-                for i, ids in zip(indices, encoded):
-                    try:
-                        check_length(len(ids), model)
-                        fits.append((i, ids))
-                    except UserError as error:
-                        results[i] = error
-                guesses = masked_top_k(model, [ids for _, ids in fits], tokenizer.mask_token_id,
-                                       tokenizer.pad_token_id, max((requests[i][2] for i, _ in fits), default=1),
-                                       self._encoders(model))
-                for (i, _), guess in zip(fits, guesses):
-                    results[i] = self.answer_from(name, tokenizer, requests[i][1], requests[i][2], guess)
-            except Exception as error:  # noqa: BLE001 - one failing model errors only its own requests
-                for i in indices:
-                    results[i] = error
-        return results
-
-    @staticmethod
-    def answer_from(name: str, tokenizer, text: str, top_k: int, guesses) -> dict:
-        """The JSON answer of one model for one text, from its forward-pass result (mlm.serve.inference.MaskGuesses)."""
-        input_ids, positions = torch.tensor([guesses.input_ids]), guesses.positions
-        scores, token_ids = guesses.scores[:, :top_k], guesses.token_ids[:, :top_k]
-        if not scores.isfinite().all():  # NaN is not JSON: a broken model answers with an error, never with NaN
-            raise UserError(f"The model '{name}' gives no usable scores (not finite numbers): it is broken.")
-        masks = [
-            {"index": int(position),
-             "candidates": [readable.candidate(text, number, token, score)
-                            for token, score in zip(tokenizer.convert_ids_to_tokens(ids.tolist()), row.tolist())]}
-            for number, (position, ids, row) in enumerate(zip(positions, token_ids, scores))
-        ]
-        tokens = tokenizer.convert_ids_to_tokens(input_ids[0].tolist())
-        return {"model": name, "tokens": tokens, "masks": masks,
-                "filled": fill_in(text, [m["candidates"][0]["token"] for m in masks]),
-                "notes": readable.text_notes(text, tokens, set(tokenizer.all_special_tokens), tokenizer.unk_token),
-                # an uncased model reads and answers in lower case: "France is france." needs saying so
-                "uncased": bool(getattr(tokenizer, "do_lower_case", False))}
-
-    def answer(self, name: str, text: str, top_k) -> dict:
-        """One side of the comparison: predictions, or the reason there are none (never an exception)."""
-        return one_side(name, self.ask(name, text, top_k).result)
-
-    def fill_mask(self, text: str, top_k: int, left_model: str, right_model: str) -> dict:
-        """Both models' top-k guesses for every [MASK] of `text`: {"left": answer, "right": answer}."""
-        left, right = self.ask(left_model, text, top_k), self.ask(right_model, text, top_k)  # one batch for both
-        return {"left": one_side(left_model, left.result), "right": one_side(right_model, right.result)}
-
-    def ask(self, name: str, text: str, top_k) -> Future:
-        """Check the text, then the future answer; a refusal is a future that raises it."""
-        try:
-            return self.predict_later(name, check_text(text, top_k), top_k)
-        except Exception as error:  # noqa: BLE001 - reported by `one_side`, like a failed forward pass
-            refused: Future = Future()
-            refused.set_exception(error)
-            return refused
-
-    # ------------------------------------------------------------------------------------------------------------
-    # Model cards
-
-    def card(self, name: str) -> dict:
-        """What a model is, how big, trained on what, how good (see mlm.serve.cards)."""
-        return model_card(self.entry(name))
-
-
-def encode(model, tokenizer, text: str, limit: int | None = None) -> dict:
-    """The model's inputs for a checked text, or UserError when it has more tokens than the model (or `limit`) reads."""
-    encoded = tokenizer(text, return_tensors="pt")
-    check_length(encoded["input_ids"].shape[1], model, limit)
-    return encoded
-
-
-def one_side(name: str, compute) -> dict:
-    """`compute()`, or {"model", "error"}: one model's column never raises, whatever goes wrong. The message is in
-    the user's terms only: an unexpected failure's class, text and traceback go to the server log."""
-    try:
-        return compute()
-    except UserError as error:
-        return {"model": name, "error": str(error)}
-    except Exception:  # noqa: BLE001 - a model that fails in any other way errors only its own column
-        logger.exception("model %r failed", name)
-        return {"model": name, "error": f"The model '{name}' failed on this text; try another model."}
-
-
-def fill_in(text: str, guesses: list[str]) -> str:
-    """The student's own text with each [MASK] replaced, in order, by a guess (a ## piece joins its word)."""
-    pieces = text.split(MASK)
-    filled = pieces[0]
-    for guess, piece in zip(guesses, pieces[1:]):
-        if guess.startswith("##"):
-            filled = filled.rstrip() + guess[2:]
-        else:
-            filled += guess
-        filled += piece
-    return filled
+        return self._loaded.keys()

@@ -3,24 +3,27 @@ guesses' probabilities grew over training.
 
 Snapshots share the run's own model as a skeleton: for each run (the last two used) one copy of its model is kept,
 and a snapshot's weights are decoded into it when asked for, so a run with twelve snapshots costs the memory of two
-models, not thirteen. The last snapshot is the run's own checkpoint and is served by the registry itself, so its
-answers are exactly `fill_mask`'s.
+models, not thirteen. The last snapshot is the run's own checkpoint and is answered by fill_mask itself
+(mlm.serve.answers), so its answers are exactly `fill_mask`'s.
 """
 
 from __future__ import annotations
 
 import copy
 import threading
-from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 
 from mlm.errors import UserError
+from mlm.serve.answers import Predictor, answer_from, one_side
+from mlm.serve.checks import check_text, encode
 from mlm.serve.inference import masked_top_k
-from mlm.serve.registry import ModelRegistry, check_text, encode, one_side
-from mlm.train.snapshots import (
-    MANIFEST_FILE, RUN_WEIGHTS, SEED, load_encoded, read_manifest, read_snapshot, seeded_start, snapshot_dir,
-    unique_tensors,
+from mlm.serve.lru import LRU
+from mlm.model.build import seeded_start
+from mlm.runs.layout import SNAPSHOT_MANIFEST
+from mlm.runs.snapshots import (
+    RUN_WEIGHTS, SEED, load_encoded, read_manifest, read_snapshot, snapshot_dir, unique_tensors,
 )
 
 CACHED_RUNS = 2
@@ -28,11 +31,18 @@ HISTORY_TOP_K = 5
 WHOLE_VOCABULARY = 1 << 30  # a top-k this large is every token, sorted
 
 
+@dataclass
+class Skeleton:
+    """A copy of a run's model that holds one snapshot's weights at a time."""
+    version: int  # the snapshot manifest's mtime: a resumed run rewrites it, and the copy is made again
+    model: torch.nn.Module
+    step: int | None = None  # the snapshot loaded in it, None before the first
+
+
 class SnapshotModels:
-    def __init__(self, registry: ModelRegistry, cached_runs: int = CACHED_RUNS):
-        self.registry = registry
-        self.cached_runs = cached_runs
-        self._skeletons: OrderedDict[str, list] = OrderedDict()  # run -> [manifest version, step loaded, model]
+    def __init__(self, predictor: Predictor, cached_runs: int = CACHED_RUNS):
+        self.predictor, self.registry = predictor, predictor.registry  # the last snapshot is the registry's model
+        self._skeletons: LRU[str, Skeleton] = LRU(cached_runs)  # run -> its skeleton
         self._lock = threading.Lock()  # one skeleton per run: one snapshot in it at a time
 
     # ------------------------------------------------------------------------------------------------------------
@@ -71,25 +81,21 @@ class SnapshotModels:
         model, tokenizer = self.registry.load(name)
         if entry["format"] == RUN_WEIGHTS:
             return model, tokenizer
-        version = (snapshot_dir(self.registry.entry(name).folder) / MANIFEST_FILE).stat().st_mtime_ns
-        cached = self._skeletons.get(name)
-        if cached is None or cached[0] != version:
-            cached = [version, None, copy.deepcopy(model)]
-            self._skeletons[name] = cached
-        self._skeletons.move_to_end(name)
-        while len(self._skeletons) > self.cached_runs:
-            self._skeletons.popitem(last=False)
-        if cached[1] != step:
-            skeleton = cached[2]
+        version = (snapshot_dir(self.registry.entry(name).folder) / SNAPSHOT_MANIFEST).stat().st_mtime_ns
+        skeleton = self._skeletons.get(name)
+        if skeleton is None or skeleton.version != version:
+            skeleton = Skeleton(version, copy.deepcopy(model))
+            self._skeletons.put(name, skeleton)
+        if skeleton.step != step:
             if entry["format"] == SEED:
                 with torch.no_grad():
                     start = seeded_start(tokenizer, entry["seed"], entry.get("init", "bert"))  # runs before inits had names: bert
-                    for target, value in zip(unique_tensors(skeleton).values(), unique_tensors(start).values()):
+                    for target, value in zip(unique_tensors(skeleton.model).values(), unique_tensors(start).values()):
                         target.copy_(value)
             else:
-                load_encoded(skeleton, read_snapshot(self.registry.entry(name).folder, entry), entry["format"])
-            cached[1] = step
-        return cached[2], tokenizer
+                load_encoded(skeleton.model, read_snapshot(self.registry.entry(name).folder, entry), entry["format"])
+            skeleton.step = step
+        return skeleton.model, tokenizer
 
     # ------------------------------------------------------------------------------------------------------------
     # Answers
@@ -105,10 +111,10 @@ class SnapshotModels:
         """The same JSON as one side of `fill_mask`, from the run's snapshot at `step` (the last one is the run)."""
         def compute():
             if self.entry_at(model, int(step))["format"] == RUN_WEIGHTS:
-                return self.registry.predict(model, check_text(text, top_k), top_k)
+                return self.predictor.predict(model, check_text(text, top_k), top_k)
             checked = check_text(text, top_k)
             tokenizer, guesses = self.guesses_at(model, int(step), checked, int(top_k))
-            return ModelRegistry.answer_from(model, tokenizer, checked, int(top_k), guesses)
+            return answer_from(model, tokenizer, checked, int(top_k), guesses)
         return one_side(model, compute)
 
     def candidate_history(self, text: str, model: str, top_k: int = HISTORY_TOP_K) -> dict:

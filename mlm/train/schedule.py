@@ -1,11 +1,12 @@
-"""The learning-rate schedule over a number of steps, or over a wall-clock budget (`--time-budget MINUTES`).
+"""A run's schedules: the learning rate over a number of steps or over a wall-clock budget (`--time-budget
+MINUTES`), and the masking rate over the steps.
 
 A budget run lays warm-up and linear decay to zero over time instead of steps, as in "How to Train BERT with an
 Academic Budget" (Izsak et al., 2021): however fast the machine, a 5-minute run ends with its learning rate fully
-decayed instead of being cut off mid-schedule. The budget counts from the process's start (the app's Start button
-spawns it), so loading data and building the model are inside it; the schedule ends early enough to leave time
-for the last validation and the checkpoint write (both measured on this machine when training starts), and a run
-stops at the last step that can still end inside the schedule.
+decayed instead of being cut off mid-schedule. The budget counts from the process's start (mlm/train/clock.py: the
+app's Start button spawns the process), so loading data and building the model are inside it; the schedule ends
+early enough to leave time for the last validation and the checkpoint write (both measured on this machine when
+training starts), and a run stops at the last step that can still end inside the schedule.
 """
 
 from __future__ import annotations
@@ -13,22 +14,40 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from pathlib import Path
 from typing import Callable
 
-import psutil
 from safetensors.torch import save_file
+from torch import nn
 
 from mlm.errors import UserError
-from mlm.train.step import linear_schedule
+from mlm.train.clock import on_monotonic
 
 WRITES_PER_SAVE = 4  # the last save writes the weights twice (the run and best/) and the optimizer (twice their size)
 MARGIN_S = 2.0  # the card, the tokenizer files, the process's exit
 RECENT_STEPS = 3  # a step's duration: the shortest of the last few (one that included an evaluation is not typical)
 
 
-def process_start() -> float:
-    """This process's start, on the time.monotonic() clock."""
-    return time.monotonic() - (time.time() - psutil.Process().create_time())
+def linear_schedule(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Multiplier of the peak learning rate: linear warm-up, then linear decay to zero (as HF's linear schedule)."""
+    if step < warmup_steps:
+        return step / max(1, warmup_steps)
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+def masking_schedule(step: int, total_steps: int, start: float, end: float | None) -> float:
+    """Training masking rate: linear from `start` to `end` over the run (constant `start` without an end)."""
+    if end is None:
+        return start
+    return start + (end - start) * min(1.0, step / max(1, total_steps - 1))
+
+
+def evaluation_due(step: int, end_of_epoch: bool, total_steps: int, steps_per_epoch: int, eval_epochs: int,
+                   eval_every: int | None) -> bool:
+    """Whether a validation follows `step`: after the last step, every `eval_epochs` epochs, and every `eval_every`
+    steps if set."""
+    epoch_due = end_of_epoch and eval_epochs and (step // steps_per_epoch) % eval_epochs == 0
+    return step == total_steps or bool(epoch_due) or bool(eval_every and step % eval_every == 0)
 
 
 class StepSchedule:
@@ -68,9 +87,9 @@ class TimeBudgetSchedule:
 
     total_steps = None  # unknown in advance: `total` projects it from the progress so far
 
-    def __init__(self, minutes: float, warmup_ratio: float, reserve_s: Callable[[], float],
+    def __init__(self, minutes: float, warmup_ratio: float, reserve_s: Callable[[], float], started: float,
                  start_progress: float = 0.0, clock: Callable[[], float] = time.monotonic):
-        self.deadline = process_start() + 60 * minutes
+        self.deadline = started + 60 * minutes  # `started`: the process's start on `clock`
         self.warmup_ratio, self.reserve_s, self.start_progress, self.clock = warmup_ratio, reserve_s, start_progress, clock
         self.begin = self.end = None
         self.read: tuple[int, float, float] | None = None  # (step, time, progress) of the last clock reading
@@ -107,25 +126,29 @@ class TimeBudgetSchedule:
         return step if progress >= 1.0 or progress <= 0 else math.ceil(step / progress)
 
 
-def schedule_for(trainer, resumed_state: dict | None):
-    """The Trainer's schedule: over its steps, or over --time-budget (one process: the clocks of several would
-    disagree on the learning rate)."""
-    config = trainer.config
-    if config.time_budget is None:
-        return StepSchedule(trainer.total_steps, trainer.warmup_steps)
-    if trainer.accelerator.num_processes > 1:
+def schedule_for(time_budget: float | None, warmup_ratio: float, total_steps: int, warmup_steps: int,
+                 processes: int, started_at: float, reserve_s: Callable[[], float], resumed_state: dict | None):
+    """A run's schedule: over its steps, or over --time-budget counted from `started_at` (the process's start, Unix
+    time), ending `reserve_s()` early. One process only: the clocks of several would disagree on the rate."""
+    if time_budget is None:
+        return StepSchedule(total_steps, warmup_steps)
+    if processes > 1:
         raise UserError("--time-budget runs in one process; drop it or launch a single process")
     done = resumed_state["step"] / resumed_state["total_steps"] if resumed_state else 0.0
-    return TimeBudgetSchedule(config.time_budget, config.warmup_ratio,
-                              lambda: trainer.eval_seconds + WRITES_PER_SAVE * write_seconds(trainer) + MARGIN_S,
-                              min(1.0, done))
+    return TimeBudgetSchedule(time_budget, warmup_ratio, reserve_s, on_monotonic(started_at), min(1.0, done))
 
 
-def write_seconds(trainer) -> float:
+def save_reserve_s(evaluation_s: Callable[[], float], run_dir: Path, model: nn.Module) -> Callable[[], float]:
+    """What a budget run keeps back for its end: the last validation (as long as the latest one took), the last
+    checkpoint's writes (timed here, now, when the schedule first asks) and a margin."""
+    return lambda: evaluation_s() + WRITES_PER_SAVE * write_seconds(run_dir, model) + MARGIN_S
+
+
+def write_seconds(run_dir: Path, model: nn.Module) -> float:
     """How long writing the model's weights takes here, now (timed on a scratch file beside the run)."""
-    trainer.run_dir.mkdir(parents=True, exist_ok=True)
-    weights = {name: p.detach().cpu().contiguous() for name, p in trainer.model.named_parameters()}
-    with tempfile.NamedTemporaryFile(dir=trainer.run_dir, suffix=".tmp") as scratch:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    weights = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters()}
+    with tempfile.NamedTemporaryFile(dir=run_dir, suffix=".tmp") as scratch:
         started = time.monotonic()
         save_file(weights, scratch.name)
         return time.monotonic() - started

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from mlm.fast.adamw import FusedAdamW
-from mlm.data.corpus import MaskingSpec, mask_tokens
+from mlm.data.masking import MaskingSpec, mask_tokens
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas, device: torch.device,
@@ -32,20 +32,6 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas, dev
 def set_learning_rate(optimizer: FusedAdamW, value: float) -> None:
     for group in optimizer.param_groups:
         group["lr"].fill_(value)
-
-
-def masking_schedule(step: int, total_steps: int, start: float, end: float | None) -> float:
-    """Training masking rate: linear from `start` to `end` over the run (constant `start` without an end)."""
-    if end is None:
-        return start
-    return start + (end - start) * min(1.0, step / max(1, total_steps - 1))
-
-
-def linear_schedule(step: int, total_steps: int, warmup_steps: int) -> float:
-    """Multiplier of the peak learning rate: linear warm-up, then linear decay to zero (as HF's linear schedule)."""
-    if step < warmup_steps:
-        return step / max(1, warmup_steps)
-    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
 class GradientAverager:
@@ -109,7 +95,7 @@ class TrainStep:
         if self.average_gradients:
             self.average_gradients()
         if self.max_grad_norm:
-            # torch's own clipping: accelerate's imports DTensor (and sympy with it), ~2.5 s of a first step
+            # torch's own clipping: accelerate's imports DTensor and sympy with it (the speedrun log, row 22)
             self.accelerator.unscale_gradients()  # fp16's loss scale out first (nothing to do otherwise)
             torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm, foreach=True)
         self.optimizer.step()

@@ -1,9 +1,13 @@
-"""Small helpers every tab shares: escaping, number formats, and whether this server may train at all."""
+"""Small helpers every tab shares: escaping, number formats, whether this server may train at all, and outputs by
+name."""
 
 from __future__ import annotations
 
+import functools
 import html
 import os
+
+import gradio as gr
 
 from mlm.errors import UserError
 
@@ -51,3 +55,41 @@ def duration(seconds: float | None) -> str:
         return "–"
     minutes, seconds = divmod(int(round(seconds)), 60)
     return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Outputs by name: a handler returns {name: value}, never a tuple matched to its outputs by position
+
+
+def outputs(components: dict) -> list:
+    """Every component of a name -> component mapping (nested per side, say): an event's `outputs`."""
+    return [leaf for value in components.values()
+            for leaf in (outputs(value) if isinstance(value, dict) else [value])]
+
+
+def to_components(values: dict, components: dict) -> dict:
+    """A handler's {name: value} (nested like `components`) as Gradio's {component: value}. A name the handler does
+    not know is a KeyError at once; a name it leaves out keeps its component as it is (Gradio's rule)."""
+    found = {}
+    for name, value in values.items():
+        target = components[name]
+        if isinstance(target, dict):  # a value may be a dict too (gr.update): the components' shape decides
+            found.update(to_components(value, target))
+        else:
+            found[target] = value
+    return found
+
+
+def by_name(handler, components: dict):
+    """The event function for Gradio of a handler that returns {name: value}; its signature is the handler's, so
+    Gradio passes the inputs as before."""
+    @functools.wraps(handler)
+    def event(*args):
+        # Nothing to change is a single skip: Gradio does not take an empty dict for several outputs.
+        return to_components(handler(*args), components) or gr.skip()
+    return event
+
+
+def on(trigger, handler, inputs, components: dict, **options):
+    """`trigger(...)` wired to `handler`, whose {name: value} reach `components`' components by name."""
+    return trigger(by_name(handler, components), inputs, outputs(components), **options)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import gradio as gr
 
-from mlm.ui.plots import curves as plots
 from mlm.errors import UserError
-from mlm.serve.registry import MASK, MAX_MASKS, MAX_TOP_K, fill_in, normalise_masks
+from mlm.serve.answers import Predictor, fill_in
+from mlm.serve.checks import MASK, MAX_MASKS, MAX_TOP_K, normalise_masks
 from mlm.serve.readable import is_piece, is_punctuation
-from mlm.ui.common import escape
+from mlm.serve.registry import ModelRegistry
+from mlm.ui.common import escape, on
+from mlm.ui.plots.guesses import guesses_chart, percent
 
 EXAMPLES = [  # at most 60 characters each: Gradio cuts longer examples with "..."
     "The capital of France is [MASK].",
@@ -65,22 +67,24 @@ def shown_candidates(candidates: list[dict], top_k: int, hide: list[str]) -> lis
     return [c for c in candidates if not any(test(c["token"]) for test in hidden)][:int(top_k)]
 
 
-def column(answer: dict, text, top_k, hide: list[str]) -> tuple:
-    """One model's answer as the Compare tab shows it: (filled sentence, tokens, chart, table)."""
+def column(answer: dict, text, top_k, hide: list[str]) -> dict:
+    """One model's answer as the Compare tab shows it: {"filled" sentence, "tokens", "chart", "table"}."""
     if "error" in answer:
-        return gr.update(value=f"⚠️ {answer['error']}", label=FILLED_LABEL), [], plots.guesses_chart(answer), None
+        return {"filled": gr.update(value=f"⚠️ {answer['error']}", label=FILLED_LABEL), "tokens": [],
+                "chart": guesses_chart(answer), "table": None}
     masks = [{**mask, "candidates": shown_candidates(mask["candidates"], top_k, hide)} for mask in answer["masks"]]
     masked = {mask["index"] for mask in masks}
     tokens = []
     for index, token in enumerate(answer["tokens"]):
         kind = "[MASK]" if index in masked else "## piece" if token.startswith("##") else None
         tokens += [(token, kind), (" ", None)]  # spaces between the spans show where each token ends
-    table = [[candidate["token"], plots.percent(candidate["score"]), number, candidate["sequence"]]
+    table = [[candidate["token"], percent(candidate["score"]), number, candidate["sequence"]]
              for number, mask in enumerate(masks, start=1) for candidate in mask["candidates"]]
     best = [mask["candidates"][0]["token"] if mask["candidates"] else MASK for mask in masks]
     filled = fill_in(normalise_masks(text.strip()), best) if hide else answer["filled"]  # text was checked
     label = FILLED_LABEL + (" (in lower case: this model is uncased)" if answer.get("uncased") else "")
-    return gr.update(value=filled, label=label), tokens, plots.guesses_chart({"masks": masks}), table
+    return {"filled": gr.update(value=filled, label=label), "tokens": tokens, "chart": guesses_chart({"masks": masks}),
+            "table": table}
 
 
 def notes_markdown(answers: list[dict]) -> str:
@@ -88,18 +92,23 @@ def notes_markdown(answers: list[dict]) -> str:
     return "\n".join(f"- ⚠️ {escape(note)}" for note in notes)
 
 
-class CompareHandlers:
-    """Compare's handlers, mixed into DemoApp (needs `self.registry`)."""
+def default_models(registry: ModelRegistry) -> tuple[str | None, str | None]:
+    """The shipped from-scratch and fine-tuned models: the first two entries of models.json that exist (what
+    Compare and Explain show first)."""
+    names = registry.names()
+    return (names[0] if names else None), (names[1] if len(names) > 1 else names[0] if names else None)
 
-    def default_models(self) -> tuple[str | None, str | None]:
-        """The shipped from-scratch and fine-tuned models: the first two entries of models.json that exist."""
-        names = self.registry.names()
-        return (names[0] if names else None), (names[1] if len(names) > 1 else names[0] if names else None)
+
+class CompareTab:
+    """Compare's handlers: both columns' answers, one column's, the model cards."""
+
+    def __init__(self, registry: ModelRegistry, predictor: Predictor):
+        self.registry, self.predictor = registry, predictor
 
     def warm_up(self) -> None:
         """Load the default models before the first student asks (a broken one just shows its error later)."""
-        for name in dict.fromkeys(filter(None, self.default_models())):
-            self.registry.answer(name, MASK, 1)
+        for name in dict.fromkeys(filter(None, default_models(self.registry))):
+            self.predictor.answer(name, MASK, 1)
 
     def card(self, name: str | None) -> str:
         if not name:
@@ -113,21 +122,22 @@ class CompareHandlers:
         """Each model's answer; with candidates hidden, the models are asked for more so top-k rows remain."""
         asked = MAX_TOP_K if hide and top_k in range(1, MAX_TOP_K + 1) else top_k
         if len(models) == 1:
-            return [self.registry.answer(models[0] or "", text, asked)]
-        pair = self.registry.fill_mask(text, asked, models[0] or "", models[1] or "")
+            return [self.predictor.answer(models[0] or "", text, asked)]
+        pair = self.predictor.fill_mask(text, asked, models[0] or "", models[1] or "")
         return [pair["left"], pair["right"]]
 
-    def compare(self, text: str, top_k, left: str | None, right: str | None, hide: list[str] | None = None) -> list:
-        """Outputs of both columns: the notes, then (filled sentence, tokens, chart, table) per side."""
+    def compare(self, text: str, top_k, left: str | None, right: str | None, hide: list[str] | None = None) -> dict:
+        """Both columns: {"notes", "left": column, "right": column} (see `column`)."""
         answers = self.answers(text, top_k, [left, right], hide or [])
-        return [notes_markdown(answers), *column(answers[0], text, top_k, hide or []),
-                *column(answers[1], text, top_k, hide or [])]
+        return {"notes": notes_markdown(answers), **{side: column(answer, text, top_k, hide or [])
+                                                     for side, answer in zip(SIDES, answers)}}
 
-    def compare_one(self, text: str, top_k, model: str | None, hide: list[str] | None = None) -> list:
-        """Outputs of a side whose model changed: the notes, its card and (filled sentence, tokens, chart, table),
-        all in one event, so the card never describes a model whose guesses are not shown yet."""
+    def compare_one(self, text: str, top_k, model: str | None, hide: list[str] | None = None) -> dict:
+        """A side whose model changed: {"notes", "card", and its column's names}, all in one event, so the card
+        never describes a model whose guesses are not shown yet."""
         answers = self.answers(text, top_k, [model], hide or [])
-        return [notes_markdown(answers), self.card(model), *column(answers[0], text, top_k, hide or [])]
+        return {"notes": notes_markdown(answers), "card": self.card(model),
+                **column(answers[0], text, top_k, hide or [])}
 
 
 def guesses_table(elem_id: str, classes: tuple[str, ...] = ()) -> gr.Dataframe:
@@ -138,21 +148,22 @@ def guesses_table(elem_id: str, classes: tuple[str, ...] = ()) -> gr.Dataframe:
                         elem_classes=["guesses", *classes])
 
 
-def side_row(make) -> list:
-    """One row holding the same component for both sides, next to each other even on a phone (each side gets
-    half the width), so a student compares the two answers without scrolling from one to the other."""
+def side_row(make) -> dict:
+    """One row holding the same component for both sides ({side: component}), next to each other even on a phone
+    (each side gets half the width), so a student compares the two answers without scrolling from one to the
+    other."""
     with gr.Row(equal_height=False):
-        made = []
+        made = {}
         for side in SIDES:
             with gr.Column(min_width=140):
-                made.append(make(side))
+                made[side] = make(side)
     return made
 
 
-def build(app, demo: gr.Blocks) -> dict:
+def build(tab: CompareTab, demo: gr.Blocks) -> dict:
     """Lay out the tab inside an open gr.Tab; returns the components other parts of the page update."""
-    left_default, right_default = app.default_models()
-    models = app.registry.names()
+    defaults = dict(zip(SIDES, default_models(tab.registry)))
+    models = tab.registry.names()
     with gr.Accordion("What am I looking at?", open=False):
         gr.Markdown(EXPLAINER)
     with gr.Row():
@@ -169,11 +180,9 @@ def build(app, demo: gr.Blocks) -> dict:
                 "other masks.", elem_classes="mask-note")
     hide = gr.CheckboxGroup(list(HIDE_OPTIONS), label="Hide guesses that are", elem_id="hide")
     notes = gr.Markdown(elem_id="notes")
-    pickers = side_row(lambda side: gr.Dropdown(models, value=left_default if side == "left" else right_default,
-                                                label=f"{side.title()} model", elem_id=f"{side}-model",
-                                                elem_classes="model-picker"))
-    cards = side_row(lambda side: gr.Markdown(app.card(left_default if side == "left" else right_default),
-                                              elem_id=f"{side}-card"))
+    pickers = side_row(lambda side: gr.Dropdown(models, value=defaults[side], label=f"{side.title()} model",
+                                                elem_id=f"{side}-model", elem_classes="model-picker"))
+    cards = side_row(lambda side: gr.Markdown(tab.card(defaults[side]), elem_id=f"{side}-card"))
     filled = side_row(lambda side: gr.Textbox(label=FILLED_LABEL, interactive=False, lines=1,
                                               max_lines=6, elem_id=f"{side}-filled",
                                               elem_classes="answer"))
@@ -184,19 +193,24 @@ def build(app, demo: gr.Blocks) -> dict:
                                                       show_legend=True, show_inline_category=False,
                                                       color_map={"[MASK]": "orange", "## piece": "lightblue"},
                                                       elem_id=f"{side}-tokens"))
-    outputs = [[fill, token, chart, table] for fill, token, chart, table in zip(filled, tokens, charts, tables)]
-    both = [notes, *outputs[0], *outputs[1]]
-    predict_both = dict(fn=app.compare, inputs=[text, top_k, *pickers, hide], outputs=both,
-                        api_visibility="private", concurrency_id="fill_mask")
+    columns = {side: {"filled": filled[side], "tokens": tokens[side], "chart": charts[side], "table": tables[side]}
+               for side in SIDES}
+    both = {"notes": notes, **columns}
+    inputs = [text, top_k, pickers["left"], pickers["right"], hide]
+
+    def predict_both(trigger, **options):
+        return on(trigger, tab.compare, inputs, both, api_visibility="private", concurrency_id="fill_mask",
+                  **options).then(None, js=STALE_OFF)
+
     # The page opens with the first example answered, so students see what to expect.
     # While the sentence is being edited, the answers below are for the old one: they are greyed until predicted.
     text.change(None, js=STALE_ON)
     for trigger in (submit.click, text.submit, hide.change, demo.load):  # (a picker answers one side only)
-        trigger(**predict_both).then(None, js=STALE_OFF)
-    # dragging the slider answers for where it stops
-    top_k.change(**predict_both, trigger_mode="always_last").then(None, js=STALE_OFF)
-    examples.load_input_event.then(**predict_both).then(None, js=STALE_OFF)
-    for picker, card, side_outputs in zip(pickers, cards, outputs):
-        picker.input(app.compare_one, [text, top_k, picker, hide], [notes, card, *side_outputs],
-                     api_visibility="private", concurrency_id="fill_mask", trigger_mode="always_last")
-    return {"text": text, "top_k": top_k, "left": pickers[0], "right": pickers[1]}
+        predict_both(trigger)
+    predict_both(top_k.change, trigger_mode="always_last")  # dragging the slider answers for where it stops
+    predict_both(examples.load_input_event.then)
+    for side in SIDES:
+        on(pickers[side].input, tab.compare_one, [text, top_k, pickers[side], hide],
+           {"notes": notes, "card": cards[side], **columns[side]},
+           api_visibility="private", concurrency_id="fill_mask", trigger_mode="always_last")
+    return {"text": text, "top_k": top_k, "left": pickers["left"], "right": pickers["right"]}

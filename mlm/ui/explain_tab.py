@@ -6,22 +6,22 @@ layer, attention from a token, how surprising each word is (with minimal pairs),
 
 from __future__ import annotations
 
-import functools
 import math
 import random
 
 import gradio as gr
 
-from mlm.ui.plots import explain as explain_plots
+from mlm.serve.checks import MASK, MAX_TOP_K
 from mlm.serve.explain import MASK_PROBABILITY_RANGE, Explainer
-from mlm.serve.registry import MASK, MAX_TOP_K
-from mlm.ui.common import escape
+from mlm.ui.common import escape, on
+from mlm.ui.plots import explain as explain_plots
 
 SENTENCE = "The capital of France is [MASK]."
 WORDS = "paris, london, france, tokenization"
 SURPRISE_SENTENCE = "The keys to the cabinet are on the table."
 PAIR = ("The keys to the cabinet are on the table.", "The keys to the cabinet is on the table.")
 TRAINING_SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
+SIDES = ("left", "right")
 ROLE_LABELS = {"masked": "[MASK] · 80%", "random": "random word · 10%", "kept": "unchanged · 10%"}
 WHY = ("**Why not always `[MASK]`?** `[MASK]` never appears in the text a trained model reads later; swapping some "
        "picked words for random ones or leaving them as they are makes the model work out every word it reads, "
@@ -32,16 +32,17 @@ def warning(answer: dict) -> str:
     return f"⚠️ {escape(answer['error'])}"
 
 
-def candidates_view(answer: dict) -> tuple:
-    """(table rows, note) for one side's score_candidates answer."""
+def candidates_view(answer: dict) -> dict:
+    """{"rows" of the table, "note"} for one side's score_candidates answer."""
     if "error" in answer:
-        return None, warning(answer)
+        return {"rows": None, "note": warning(answer)}
     rows = [[number, word["word"], word["piece"], float(f"{word['score']:.4g}"), word["rank"]]
             for number, mask in enumerate(answer["masks"], start=1) for word in mask["words"]]
     split = {w["word"]: w["pieces"] for w in answer["masks"][0]["words"] if len(w["pieces"]) > 1}
     notes = [f"**{escape(word)}** is {len(pieces)} WordPieces ({escape(' '.join(pieces))}): scored by its first, "
              f"`{escape(pieces[0])}`, as the fill-mask pipeline does." for word, pieces in split.items()]
-    return rows, "  \n".join(notes) or "Rank 1 is the model's top guess; the vocabulary has 30,522 WordPieces."
+    return {"rows": rows,
+            "note": "  \n".join(notes) or "Rank 1 is the model's top guess; the vocabulary has 30,522 WordPieces."}
 
 
 def layers_note(answer: dict) -> str:
@@ -52,11 +53,13 @@ def layers_note(answer: dict) -> str:
             "The bottom row is what Compare shows.")
 
 
-def attention_view(answer: dict | None, position, layer, head) -> tuple:
-    """(every head, average per layer, the sentence coloured by one layer/head's weights, note) for one side."""
+def attention_view(answer: dict | None, position, layer, head) -> dict:
+    """One side's {"every" head, "average" per layer, "spans": the sentence coloured by one layer/head's weights,
+    "note"}."""
     if not answer or "error" in answer:
         message = answer["error"] if answer else ""
-        return explain_plots.empty(message), explain_plots.empty(), [], warning(answer) if answer else ""
+        return {"every": explain_plots.empty(message), "average": explain_plots.empty(), "spans": [],
+                "note": warning(answer) if answer else ""}
     every, average = explain_plots.attention_figures(answer, position or 0)
     tokens, layers = answer["tokens"], answer["layers"]
     source = min(max(int(position or 0), 0), len(tokens) - 1)
@@ -70,7 +73,7 @@ def attention_view(answer: dict | None, position, layer, head) -> tuple:
     spans = [span for token, weight in zip(tokens, weights) for span in ((token, round(weight, 3)), (" ", None))]
     note = (f"{len(layers)} layers × {len(chosen)} heads. Below: the sentence coloured by layer "
             f"{min(int(layer or 1), len(layers))}, {which}, from **{escape(tokens[source])}**.")
-    return every, average, spans, note
+    return {"every": every, "average": average, "spans": spans, "note": note}
 
 
 def surprise_note(answer: dict) -> str:
@@ -91,10 +94,10 @@ def pair_rows(first: dict, second: dict) -> list:
     return [first["model"], round(a, 3), round(b, 3), f"{prefers} (by {abs(a - b):.2f} nats)"]
 
 
-def training_spans(answer: dict) -> tuple:
-    """(highlighted spans, summary) for a training_view answer."""
+def training_spans(answer: dict) -> dict:
+    """{"spans" highlighted, "summary"} for a training_view answer."""
     if "error" in answer:
-        return [], warning(answer)
+        return {"spans": [], "summary": warning(answer)}
     spans = []
     for token in answer["tokens"]:
         text = token["shown"] if token["role"] in (None, "kept") else f"{token['shown']} ({token['token']})"
@@ -105,75 +108,80 @@ def training_spans(answer: dict) -> tuple:
     summary = (f"Seed {answer['seed']}: {len(roles)} of {words} tokens picked at {share} "
                f"([CLS] and [SEP] never are): {roles.count('masked')} became `[MASK]`, {roles.count('random')} a "
                f"random word, {roles.count('kept')} stayed. The model is trained to recover all {len(roles)}.")
-    return spans, summary
+    return {"spans": spans, "summary": summary}
 
 
-class ExplainHandlers:
-    """Explain's handlers, mixed into DemoApp (needs `self.registry`)."""
+class ExplainTab:
+    """Explain's handlers: each view for both models, {"left": ..., "right": ...} by name."""
 
-    @functools.cached_property
-    def explainer(self) -> Explainer:
-        return Explainer(self.registry)
+    def __init__(self, explainer: Explainer):
+        self.explainer = explainer
 
-    def explain_candidates(self, text: str, words: str, left: str | None, right: str | None) -> list:
-        answers = [self.explainer.score_candidates(text, words, model or "") for model in (left, right)]
-        return [out for answer in answers for out in candidates_view(answer)]
+    def explain_candidates(self, text: str, words: str, left: str | None, right: str | None) -> dict:
+        return {side: candidates_view(self.explainer.score_candidates(text, words, model or ""))
+                for side, model in zip(SIDES, (left, right))}
 
-    def explain_layers(self, text: str, top_k, left: str | None, right: str | None) -> list:
-        answers = [self.explainer.layer_guesses(text, top_k, model or "") for model in (left, right)]
-        return [out for answer in answers for out in (explain_plots.layers_figure(answer), layers_note(answer))]
+    def explain_layers(self, text: str, top_k, left: str | None, right: str | None) -> dict:
+        answers = {side: self.explainer.layer_guesses(text, top_k, model or "")
+                   for side, model in zip(SIDES, (left, right))}
+        return {side: {"plot": explain_plots.layers_figure(answer), "note": layers_note(answer)}
+                for side, answer in answers.items()}
 
-    def explain_attention(self, text: str, left: str | None, right: str | None) -> list:
-        """Both sides' attention (kept in the page's state), the token picker and each side's layer/head pickers."""
-        answers = [self.explainer.attention(text, model or "") for model in (left, right)]
-        tokens = next((a["tokens"] for a in answers if "tokens" in a), [])
+    def explain_attention(self, text: str, left: str | None, right: str | None) -> dict:
+        """Both sides' attention "answer" (kept in the page's state) and "layer"/"head" pickers, and the token
+        picker ("source")."""
+        answers = {side: self.explainer.attention(text, model or "") for side, model in zip(SIDES, (left, right))}
+        tokens = next((a["tokens"] for a in answers.values() if "tokens" in a), [])
         first_mask = tokens.index(MASK) if MASK in tokens else 0
-        source = gr.update(choices=[(f"{i}: {t}", i) for i, t in enumerate(tokens)], value=first_mask)
-        pickers = []
-        for answer in answers:
+        shown: dict = {"source": gr.update(choices=[(f"{i}: {t}", i) for i, t in enumerate(tokens)], value=first_mask)}
+        for side, answer in answers.items():
             layers = answer.get("layers") or [[[]]]
             heads = [("average of the heads", 0)] + [(f"head {n}", n) for n in range(1, len(layers[0]) + 1)]
-            pickers += [gr.update(choices=[(f"layer {n}", n) for n in range(1, len(layers) + 1)], value=len(layers)),
-                        gr.update(choices=heads, value=0)]
-        return [*answers, source, *pickers]
+            shown[side] = {"answer": answer,
+                           "layer": gr.update(choices=[(f"layer {n}", n) for n in range(1, len(layers) + 1)],
+                                              value=len(layers)),
+                           "head": gr.update(choices=heads, value=0)}
+        return shown
 
     def show_attention(self, left_answer, right_answer, position, left_layer, left_head, right_layer,
-                       right_head) -> list:
-        return [*attention_view(left_answer, position, left_layer, left_head),
-                *attention_view(right_answer, position, right_layer, right_head)]
+                       right_head) -> dict:
+        return {"left": attention_view(left_answer, position, left_layer, left_head),
+                "right": attention_view(right_answer, position, right_layer, right_head)}
 
-    def explain_surprise(self, text: str, left: str | None, right: str | None) -> list:
-        answers = [self.explainer.score_sentence(text, model or "") for model in (left, right)]
-        return [out for answer in answers for out in (explain_plots.surprise_figure(answer), surprise_note(answer))]
+    def explain_surprise(self, text: str, left: str | None, right: str | None) -> dict:
+        answers = {side: self.explainer.score_sentence(text, model or "")
+                   for side, model in zip(SIDES, (left, right))}
+        return {side: {"plot": explain_plots.surprise_figure(answer), "note": surprise_note(answer)}
+                for side, answer in answers.items()}
 
     def minimal_pair(self, first: str, second: str, left: str | None, right: str | None) -> list:
-        """Rows [model, PLL of A, PLL of B, which one it prefers] for both models."""
+        """Rows [model, PLL of A, PLL of B, which one it prefers] for both models (one output: the table)."""
         score = self.explainer.score_sentence
         return [pair_rows(score(first, model or ""), score(second, model or ""))
                 for model in dict.fromkeys((left, right))]
 
-    def training_sample(self, text: str, percent, seed) -> tuple:
+    def training_sample(self, text: str, percent, seed) -> dict:
+        """{"spans", "summary", "seed"}: the sentence as a training step with this seed would corrupt it."""
         answer = self.explainer.training_view(text, (percent or 0) / 100, None if seed is None else int(seed))
-        return *training_spans(answer), answer.get("seed", seed)
+        return {**training_spans(answer), "seed": answer.get("seed", seed)}
 
-    def new_training_sample(self, text: str, percent) -> tuple:
+    def new_training_sample(self, text: str, percent) -> dict:
         return self.training_sample(text, percent, random.randrange(2**31))
 
 
-def side_by_side(make) -> list:
-    """make(side) -> components, once per side inside two columns; returns the left's then the right's."""
-    components = []
+def side_by_side(make) -> dict:
+    """{side: make(side)}, each side's components (a name -> component dict) in one of two columns."""
+    components = {}
     with gr.Row(equal_height=False):
-        for side in ("left", "right"):
+        for side in SIDES:
             with gr.Column():
-                components += make(side)
+                components[side] = make(side)
     return components
 
 
-def build(app, tab: gr.Tab) -> dict:
-    """Lay out the tab inside its open gr.Tab; everything is computed when the tab is opened or asked again."""
-    left_default, right_default = app.default_models()
-    models = app.registry.names()
+def build(tab: ExplainTab, page: gr.Tab, models: list[str], defaults: dict[str, str | None]) -> dict:
+    """Lay out the tab inside its open gr.Tab `page` (model pickers offering `models`, `defaults` by side);
+    everything is computed when the tab is opened or asked again."""
     gr.Markdown("Why does each model guess what it guesses? Type a sentence with `[MASK]`, then read the views "
                 "below, the two models side by side.")
     with gr.Row():
@@ -181,40 +189,43 @@ def build(app, tab: gr.Tab) -> dict:
                           elem_id="explain-text")
         top_k = gr.Slider(1, MAX_TOP_K, value=5, step=1, label="Top-k per layer", scale=1)
         run = gr.Button("Explain", variant="primary", scale=1)
-    defaults = {"left": left_default, "right": right_default}
-    left, right = side_by_side(lambda side: [gr.Dropdown(models, value=defaults[side], label=f"{side.title()} model",
-                                                         elem_id=f"explain-{side}-model",
-                                                         elem_classes="model-picker")])
+    pickers = side_by_side(lambda side: gr.Dropdown(models, value=defaults[side], label=f"{side.title()} model",
+                                                    elem_id=f"explain-{side}-model", elem_classes="model-picker"))
+    left, right = pickers["left"], pickers["right"]
     model_inputs = [left, right]
 
     with gr.Column(elem_id="view-candidates"):
         gr.Markdown("## 1. Candidate scoring\nHow likely is each of your words at the mask, and where does it rank?")
         words = gr.Textbox(WORDS, label="Words to score (comma-separated)", elem_id="explain-words")
-        candidates = side_by_side(lambda side: [
-            gr.Dataframe(headers=["mask", "word", "piece", "probability", "rank"],
-                         datatype=["number", "str", "str", "number", "number"], interactive=False,
-                         label=f"{side.title()} model", elem_id=f"{side}-candidates"),
-            gr.Markdown(elem_id=f"{side}-candidates-note")])
+        candidates = side_by_side(lambda side: {
+            "rows": gr.Dataframe(headers=["mask", "word", "piece", "probability", "rank"],
+                                 datatype=["number", "str", "str", "number", "number"], interactive=False,
+                                 label=f"{side.title()} model", elem_id=f"{side}-candidates"),
+            "note": gr.Markdown(elem_id=f"{side}-candidates-note")})
 
     with gr.Column(elem_id="view-layers"):
         gr.Markdown("## 2. Layer by layer\nThe top guesses read after the embeddings and after every layer.")
-        layers = side_by_side(lambda side: [gr.Plot(label=f"{side.title()} model", elem_id=f"{side}-layers"),
-                                            gr.Markdown(elem_id=f"{side}-layers-note")])
+        layers = side_by_side(lambda side: {"plot": gr.Plot(label=f"{side.title()} model", elem_id=f"{side}-layers"),
+                                            "note": gr.Markdown(elem_id=f"{side}-layers-note")})
 
     with gr.Column(elem_id="view-attention"):
         gr.Markdown("## 3. Attention\nWhat one token (the mask, unless you pick another) attends to, in every layer "
                     "and head. Many heads park their weight on `[CLS]` or `[SEP]` when nothing else matters to them.")
         source = gr.Dropdown([], label="Attention from the token", elem_id="attention-source")
-        attention_states = [gr.State(), gr.State()]
-        attention = side_by_side(lambda side: [
-            gr.Dropdown([], label="Layer", elem_id=f"{side}-attention-layer"),
-            gr.Dropdown([], label="Head", elem_id=f"{side}-attention-head"),
-            gr.Plot(label=f"{side.title()} model: every head", elem_id=f"{side}-attention"),
-            gr.Plot(label="Average over heads", elem_id=f"{side}-attention-average"),
-            gr.HighlightedText(label="The weights on the sentence", show_legend=True, elem_id=f"{side}-attention-text"),
-            gr.Markdown(elem_id=f"{side}-attention-note")])
-        pickers = [attention[0], attention[1], attention[6], attention[7]]  # each side: layer, head, then 4 outputs
-        attention_outputs = attention[2:6] + attention[8:12]
+        # per side: the answer (kept in the page's state), its layer and head pickers, and what they show
+        attention = side_by_side(lambda side: {
+            "answer": gr.State(),
+            "layer": gr.Dropdown([], label="Layer", elem_id=f"{side}-attention-layer"),
+            "head": gr.Dropdown([], label="Head", elem_id=f"{side}-attention-head"),
+            "every": gr.Plot(label=f"{side.title()} model: every head", elem_id=f"{side}-attention"),
+            "average": gr.Plot(label="Average over heads", elem_id=f"{side}-attention-average"),
+            "spans": gr.HighlightedText(label="The weights on the sentence", show_legend=True,
+                                        elem_id=f"{side}-attention-text"),
+            "note": gr.Markdown(elem_id=f"{side}-attention-note")})
+        picked = {"source": source, **{side: {name: attention[side][name] for name in ("answer", "layer", "head")}
+                                       for side in SIDES}}
+        shown = {side: {name: attention[side][name] for name in ("every", "average", "spans", "note")}
+                 for side in SIDES}
 
     with gr.Column(elem_id="view-surprise"):
         gr.Markdown("## 4. How surprising is each word\nEach token masked in turn and scored (pseudo-log-likelihood): "
@@ -223,8 +234,9 @@ def build(app, tab: gr.Tab) -> dict:
             sentence = gr.Textbox(SURPRISE_SENTENCE, label="Sentence (no [MASK])", scale=4,
                                   elem_id="surprise-text")
             score = gr.Button("Score the sentence", scale=1)
-        surprise = side_by_side(lambda side: [gr.Plot(label=f"{side.title()} model", elem_id=f"{side}-surprise"),
-                                              gr.Markdown(elem_id=f"{side}-surprise-note")])
+        surprise = side_by_side(lambda side: {
+            "plot": gr.Plot(label=f"{side.title()} model", elem_id=f"{side}-surprise"),
+            "note": gr.Markdown(elem_id=f"{side}-surprise-note")})
         gr.Markdown("**Minimal pair**: which of two sentences does each model find more likely (higher is better)?")
         with gr.Row():
             first = gr.Textbox(PAIR[0], label="Sentence A")
@@ -248,23 +260,27 @@ def build(app, tab: gr.Tab) -> dict:
         training_summary = gr.Markdown(elem_id="training-summary")
         gr.Markdown(WHY)
 
-    def wire(triggers, handler, inputs, outputs) -> list:
-        return [trigger(handler, inputs, outputs, api_visibility="private", concurrency_id="inference")
+    def wire(triggers, handler, inputs, components: dict) -> list:
+        return [on(trigger, handler, inputs, components, api_visibility="private", concurrency_id="inference")
                 for trigger in triggers]
 
-    opened = [tab.select, run.click, text.submit, left.change, right.change]
-    wire(opened + [words.submit], app.explain_candidates, [text, words, *model_inputs], candidates)
-    wire(opened + [top_k.release], app.explain_layers, [text, top_k, *model_inputs], layers)
-    show = [*attention_states, source, *pickers]
-    for event in wire(opened, app.explain_attention, [text, *model_inputs], [*attention_states, source, *pickers]):
-        event.then(app.show_attention, show, attention_outputs, api_visibility="private")
-    for picker in (source, *pickers):
-        picker.input(app.show_attention, show, attention_outputs, api_visibility="private")
-    wire([tab.select, score.click, sentence.submit, left.change, right.change], app.explain_surprise,
-       [sentence, *model_inputs], surprise)
-    wire([tab.select, compare_pair.click, left.change, right.change], app.minimal_pair, [first, second, *model_inputs],
-         [pair])
-    wire([tab.select, training_text.submit, percent.release, seed.submit], app.training_sample,
-       [training_text, percent, seed], [training, training_summary, seed])
-    wire([sample.click], app.new_training_sample, [training_text, percent], [training, training_summary, seed])
+    opened = [page.select, run.click, text.submit, left.change, right.change]
+    wire(opened + [words.submit], tab.explain_candidates, [text, words, *model_inputs], candidates)
+    wire(opened + [top_k.release], tab.explain_layers, [text, top_k, *model_inputs], layers)
+    # show_attention's inputs, in its parameters' order: both answers, the token, each side's layer and head
+    show_inputs = [attention["left"]["answer"], attention["right"]["answer"], source,
+                   *(attention[side][name] for side in SIDES for name in ("layer", "head"))]
+    for event in wire(opened, tab.explain_attention, [text, *model_inputs], picked):
+        on(event.then, tab.show_attention, show_inputs, shown, api_visibility="private")
+    for picker in show_inputs[2:]:
+        on(picker.input, tab.show_attention, show_inputs, shown, api_visibility="private")
+    wire([page.select, score.click, sentence.submit, left.change, right.change], tab.explain_surprise,
+         [sentence, *model_inputs], surprise)
+    for trigger in (page.select, compare_pair.click, left.change, right.change):  # one output: the table
+        trigger(tab.minimal_pair, [first, second, *model_inputs], pair, api_visibility="private",
+                concurrency_id="inference")
+    sampled = {"spans": training, "summary": training_summary, "seed": seed}
+    wire([page.select, training_text.submit, percent.release, seed.submit], tab.training_sample,
+         [training_text, percent, seed], sampled)
+    wire([sample.click], tab.new_training_sample, [training_text, percent], sampled)
     return {"left": left, "right": right}

@@ -1,62 +1,76 @@
-"""Bounds on what waits for the server, so one visitor cannot stall a public Space for the others.
+"""Every change this app makes to Gradio, in one place, checked against the Gradio version it was written for.
 
-Gradio's queue bounds its total length (`max_size`), but one client could fill it alone: 300 events queued in
-2.4 s made the next student wait 144 s. `limit_per_session` refuses, at the door (before an event is queued), any
-event from a session that already has `per_session` events pending; the flooding client gets HTTP 503 with
-BUSY_MESSAGE at once, and everyone else keeps their place. Callers of the plain HTTP API (`/call/...`) send no
-session, so all of them share one allowance of the same size.
+Three changes, each reaching into Gradio internals (private attributes, a class replaced for the whole process):
+  * `set_concurrency`: the size of a concurrency group, set on every event of the group (`Blocks.fns`);
+  * `limit_per_session`: a session may hold at most N pending events (it wraps `Queue.push`), so one visitor cannot
+    fill the queue that a whole class shares;
+  * `cheap_sessions`: a new session configures its components on demand instead of all of them up front
+    (`gradio.state_holder.SessionState`, replaced for the process).
+tests/test_serving.py checks each one's behaviour end to end.
 
-It wraps `Queue.push` and reads `Queue.pending_event_ids_session` (Gradio 6 internals: tests/test_serving.py checks
-the behaviour end to end, so an upgrade that changes them fails there).
+They were written for GRADIO_VERSIONS (the range requirements.txt allows). Outside it, applying any of them raises
+UnsupportedGradio, at start-up, rather than skipping the patch with a warning: the app serves a public Space, and
+a skipped `limit_per_session` would leave it open to a flood with nothing but a log line nobody reads, while a
+patch applied to internals that changed may fail on every event, or silently do something else. Whoever upgrades
+Gradio re-reads this module and its tests against the new version, then widens the range here and in
+requirements.txt together.
+
+`patch_gradio` applies all three, once, from the app's start-up (after `demo.queue()`, before `demo.launch()`);
+nothing happens at import.
 """
 
 from __future__ import annotations
 
 import gradio as gr
-from starlette.responses import JSONResponse
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 
+GRADIO_VERSIONS = SpecifierSet(">=6.0,<7")
 BUSY_MESSAGE = "The app is busy: try again in a moment."
-TOO_LARGE_MESSAGE = "The request is too large: a sentence may have at most 5,000 characters."
-MAX_BODY_BYTES = 1_000_000  # 5,000 characters are at most 60 kB of JSON, even as unicode escapes
 
 
-class BodyLimit:
-    """ASGI middleware: refuse a request body over `max_bytes` before anything reads it, so a 40 MB text costs the
-    server no JSON parsing and no memory. File uploads are left to Gradio's own `max_file_size`."""
+class UnsupportedGradio(RuntimeError):
+    pass
 
-    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES):
-        self.app, self.max_bytes = app, max_bytes
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"].rstrip("/").endswith("/upload"):
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_bytes:
-            return await JSONResponse({"detail": TOO_LARGE_MESSAGE}, status_code=413)(scope, receive, send)
-        received = 0
+def check_gradio_version(version: str | None = None) -> None:
+    """UnsupportedGradio unless `version` (default: the installed Gradio's) is one these patches were written for."""
+    version = gr.__version__ if version is None else version
+    if Version(version) not in GRADIO_VERSIONS:
+        raise UnsupportedGradio(
+            f"mlm/ui/gradio_patches.py was written for gradio{GRADIO_VERSIONS}, and gradio {version} is installed: "
+            f"install a version in that range (pip install 'gradio{GRADIO_VERSIONS}'), or check the patches against "
+            f"gradio {version} and widen GRADIO_VERSIONS.")
 
-        async def receive_within_limit():  # a body sent without its length is counted as it arrives
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise ValueError(TOO_LARGE_MESSAGE)
-            return message
 
-        return await self.app(scope, receive_within_limit, send)
+def patch_gradio(demo: gr.Blocks, concurrency: dict[str, int], events_per_session: int) -> None:
+    """Apply every patch of this module to `demo` and the process: the concurrency groups' sizes, the per-session
+    limit and the cheap sessions. Call once, after `demo.queue()` (which makes the queue it wraps) and before
+    `demo.launch()`."""
+    check_gradio_version()
+    for concurrency_id, limit in concurrency.items():
+        set_concurrency(demo, concurrency_id, limit)
+    limit_per_session(demo, events_per_session)
+    cheap_sessions()
 
 
 def set_concurrency(demo: gr.Blocks, concurrency_id: str, limit: int) -> None:
     """Let `limit` events of one concurrency group run at once (Gradio takes the lowest limit among the group's
     events, so every one of them is set; the tabs name the group, the server decides its size)."""
+    check_gradio_version()
     for fn in demo.fns.values():
         if fn.concurrency_id == concurrency_id:
             fn.concurrency_limit = limit
 
 
 def limit_per_session(demo: gr.Blocks, per_session: int) -> None:
-    """Refuse events beyond `per_session` pending ones per session (after `demo.queue()`); a full queue answers
-    BUSY_MESSAGE too, instead of Gradio's message with its internal sizes."""
+    """Refuse, at the door (before an event is queued), any event from a session that already has `per_session`
+    events pending: the flooding client gets HTTP 503 with BUSY_MESSAGE at once, and everyone else keeps their
+    place (Gradio's queue bounds only its total length, which one client could fill alone). Callers of the plain
+    HTTP API (`/call/...`) send no session, so all of them share one allowance of the same size. A full queue
+    answers BUSY_MESSAGE too, instead of Gradio's message with its internal sizes. Wraps `Queue.push` and reads
+    `Queue.pending_event_ids_session`; call after `demo.queue()`."""
+    check_gradio_version()
     queue = demo._queue
     push = queue.push
     sessionless: set[str] = set()  # event ids of callers without a session, still pending
@@ -82,9 +96,9 @@ def limit_per_session(demo: gr.Blocks, per_session: int) -> None:
 
 
 class _ConfigsOnDemand(dict):
-    """A session's component configurations, each computed when first needed instead of all 230 when the session
-    starts. Gradio reads the whole set only to rebuild a page from a deep link (`SessionState.components`, through
-    items()); its other uses ask for one component and compute it themselves when it is missing."""
+    """A session's component configurations, each computed when first needed instead of all of them when the
+    session starts. Gradio reads the whole set only to rebuild a page from a deep link (`SessionState.components`,
+    through items()); its other uses ask for one component and compute it themselves when it is missing."""
 
     def __init__(self, session, blocks):
         super().__init__()
@@ -124,11 +138,12 @@ class _NoBlocks:
 
 
 def cheap_sessions() -> None:
-    """Start Gradio sessions without configuring every component up front. Gradio 6 builds, for each new session,
-    the configuration of every component of the page (30 ms and 0.35 MB here); 100 students arriving within 5 s
-    held the event loop for 3 s and their first answers waited seconds. Gradio 6 internals (`SessionState`, read by
-    `StateHolder`): tests/test_serving.py checks the configurations are the same, so an upgrade that changes them
-    fails there."""
+    """Start Gradio sessions without configuring every component up front: Gradio 6 builds, for each new session,
+    the configuration of every component of the page (230 here), which held the event loop while a class arrived
+    at once (the load benchmark's record, benchmarks/bench_load.py, measures the app with it). Replaces
+    `gradio.state_holder.SessionState`, which `StateHolder` instantiates, for the whole process; a second call
+    changes nothing."""
+    check_gradio_version()
     from gradio import state_holder
 
     base = state_holder.SessionState

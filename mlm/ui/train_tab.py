@@ -15,9 +15,9 @@ from mlm.hub import hub_reachable
 from mlm.errors import UserError
 from mlm.ui.jobs.limits import max_upload_bytes
 from mlm.ui.jobs.status import RunStatus
-from mlm.ui.jobs.jobs import PROJECT_DIR
+from mlm.ui.jobs.jobs import PROJECT_DIR, TrainingJobs
 from mlm.ui.jobs.request import TrainRequest
-from mlm.ui.common import duration, escape, number, optional, training_allowed
+from mlm.ui.common import duration, escape, number, on, optional, training_allowed
 
 LESSON_MINUTES = 5.0  # "Train for 5 minutes": a --time-budget run that fits a lesson
 APP_SNAPSHOTS = 6  # every run started here keeps snapshots for the Time-lapse tab
@@ -54,14 +54,14 @@ def status_markdown(status: RunStatus, note: str = "") -> str:
             f"{eta if status.active else '–'} |")
 
 
-def preset_defaults(preset: str) -> tuple[float, int]:
+def preset_defaults(preset: str) -> dict:
     """The learning rate and batch size a preset would use, to start the form from."""
-    return PRESETS[preset]["lr"], PRESETS[preset]["batch_size"]
+    return {"lr": PRESETS[preset]["lr"], "batch_size": PRESETS[preset]["batch_size"]}
 
 
-def source_visibility(source: str) -> tuple:
+def source_visibility(source: str) -> dict:
     """The folder box only for a local folder, the upload box only for an upload."""
-    return gr.update(visible=source == "folder"), gr.update(visible=source == "file")
+    return {"data_dir": gr.update(visible=source == "folder"), "upload": gr.update(visible=source == "file")}
 
 
 def gradio_upload(path: str | None) -> bool:
@@ -70,8 +70,11 @@ def gradio_upload(path: str | None) -> bool:
     return bool(path) and folder in Path(path).resolve().parents
 
 
-class TrainHandlers:
-    """Train's handlers, mixed into DemoApp (needs `self.jobs`)."""
+class TrainTab:
+    """Train's handlers, on the app's one training-job slot."""
+
+    def __init__(self, jobs: TrainingJobs):
+        self.jobs = jobs
 
     def training_request(self, preset, source, data_dir, upload, epochs, lr, batch_size, max_train_blocks,
                          max_minutes, max_eval_blocks=None, name="") -> TrainRequest:
@@ -139,7 +142,7 @@ class TrainHandlers:
                 f"measured here; start-up and a busier machine add to it).{cap}")
 
 
-def build(app) -> dict:
+def build(tab: TrainTab) -> dict:
     """Lay out the tab inside an open gr.Tab; returns the components the timer updates."""
     allowed = training_allowed()
     if not allowed:
@@ -176,18 +179,18 @@ def build(app) -> dict:
                                        info="the learning rate warms up and decays to 0 over the minutes from Start",
                                        interactive=allowed, elem_id="train-five-minutes")
     with gr.Row():
-        start = gr.Button("Start training", variant="primary", interactive=allowed and not app.jobs.running())
+        start = gr.Button("Start training", variant="primary", interactive=allowed and not tab.jobs.running())
         stop = gr.Button("Stop", interactive=allowed)
         resume = gr.Button("Resume the stopped run", interactive=allowed)
-    status = gr.Markdown(app.training_status(), elem_id="train-status")
+    status = gr.Markdown(tab.training_status(), elem_id="train-status")
     form = [preset, source, data_dir, upload, epochs, lr, batch_size, max_blocks, max_minutes, max_eval_blocks]
-    preset.change(preset_defaults, preset, [lr, batch_size], api_visibility="private")
-    source.change(source_visibility, source, [data_dir, upload], api_visibility="private")
+    on(preset.change, preset_defaults, preset, {"lr": lr, "batch_size": batch_size}, api_visibility="private")
+    on(source.change, source_visibility, source, {"data_dir": data_dir, "upload": upload}, api_visibility="private")
     if allowed:  # the estimate trains a few steps: not for visitors of a Space where training is off
         gr.on([preset.change, source.change, upload.change, epochs.change, batch_size.change, max_blocks.change,
-               max_minutes.change, max_eval_blocks.change], app.describe_preset, form, about, api_visibility="private",
+               max_minutes.change, max_eval_blocks.change], tab.describe_preset, form, about, api_visibility="private",
               concurrency_id="estimate", concurrency_limit=1, trigger_mode="always_last", show_progress="hidden")
-    start.click(app.start_training, [*form, name, five_minutes], status, api_visibility="private")
-    stop.click(app.stop_training, None, status, api_visibility="private")
-    resume.click(app.resume_training, max_minutes, status, api_visibility="private")
+    start.click(tab.start_training, [*form, name, five_minutes], status, api_visibility="private")
+    stop.click(tab.stop_training, None, status, api_visibility="private")
+    resume.click(tab.resume_training, max_minutes, status, api_visibility="private")
     return {"status": status, "start": start, "about": about, "form": form}

@@ -40,18 +40,20 @@ TOP_K = 5
 
 
 def answers() -> dict:
-    from mlm.explain import Explainer
-    from mlm.predict import ModelRegistry
-    from mlm.timelapse import SnapshotModels
+    from mlm.serve.answers import Predictor
+    from mlm.serve.explain import Explainer
+    from mlm.serve.registry import ModelRegistry
+    from mlm.serve.timelapse import SnapshotModels
 
     registry = ModelRegistry(REPO / "checkpoints")
+    predictor = Predictor(registry)
     explainer = Explainer(registry)
-    snapshots = SnapshotModels(registry)
+    snapshots = SnapshotModels(predictor)
     models = [name for name in registry.names() if registry.entry(name).folder is not None]
     runs = snapshots.runs()
     result = {"models": models, "top_k": TOP_K, "sentences": []}
     for text in SENTENCES:
-        row = {"text": text, "fill_mask": registry.fill_mask(text, TOP_K, models[0], models[1]),
+        row = {"text": text, "fill_mask": predictor.fill_mask(text, TOP_K, models[0], models[1]),
                "layer_guesses": {m: explainer.layer_guesses(text, TOP_K, m) for m in models},
                "score_sentence": {m: explainer.score_sentence(text.replace("[MASK]", "it"), m) for m in models},
                "fill_mask_at": {}}

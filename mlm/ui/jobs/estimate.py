@@ -1,8 +1,8 @@
 """How long a training form's run would take on this machine, before it is started.
 
 The speed is measured, not assumed: a training step of the preset's model on 2 and on 8 random token blocks (each
-after a warm-up step), and one validation batch, on the CPU (about a second for the from-scratch model on 2 cores;
-cached per preset); a step's time is its fixed part plus a part per sequence, fitted from the two. A GPU trains
+after a warm-up step), and one validation batch, on the CPU (once per preset and app: the machine does not
+change); a step's time is its fixed part plus a part per sequence, fitted from the two. A GPU trains
 faster than this says. The amount of work comes from the data's size: a WikiText
 file of 610 bytes makes one 128-token block (wiki.train.tokens: 10,797,148 bytes, 17,770 blocks). Start-up (loading
 data, building the model) is not included.
@@ -19,10 +19,12 @@ from pathlib import Path
 import torch
 
 from mlm.config import preset_config
-from mlm.data.corpus import MaskingSpec, fixed_validation_masks, load_tokenizer, mask_tokens, max_predictions
+from mlm.data.masking import MaskingSpec, fixed_validation_masks, mask_tokens, max_predictions
+from mlm.data.tokenizer import load_tokenizer
 from mlm.hub import offline_stand_in
 from mlm.model.build import pretrained_model, scratch_bert
 from mlm.train.objective import MaskedLMObjective
+from mlm.train.precision import autocast_dtype
 from mlm.runs.progress import evaluations_expected
 from mlm.train.step import build_optimizer
 
@@ -59,8 +61,6 @@ def measured_speed(preset: str) -> tuple[float, float, float]:
     """(seconds per training step, plus seconds per sequence in it; seconds per validation sequence) of `preset`'s
     model on this machine: a step costs a fixed part (the optimizer, overheads) plus a part per sequence, so it is
     timed at two batch sizes, each after a warm-up step of that shape."""
-    from mlm.train.trainer import autocast_dtype
-
     config = preset_config(preset)
     tokenizer = load_tokenizer(config.tokenizer)
     model = (pretrained_model(offline_stand_in(config.pretrained), config.dropout) if config.pretrained

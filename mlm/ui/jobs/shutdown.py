@@ -14,12 +14,11 @@ import weakref
 
 # An app that ends stops its jobs first (atexit), and so does one ended by SIGTERM (a Space stopping, `kill`), where
 # Python would skip atexit and leave the trainer running: the handler stops them, then lets the signal do what it
-# did before.
+# did before. Both are installed by the first registration, not on import: importing changes nothing.
 _LIVE_JOBS: weakref.WeakSet = weakref.WeakSet()
 _previous_sigterm = None
 
 
-@atexit.register
 def shutdown_all() -> None:
     for jobs in list(_LIVE_JOBS):
         jobs.shutdown()
@@ -27,6 +26,8 @@ def shutdown_all() -> None:
 
 def end_jobs_with_the_app(jobs) -> None:
     global _previous_sigterm
+    atexit.unregister(shutdown_all)  # registered once, however many jobs register
+    atexit.register(shutdown_all)
     _LIVE_JOBS.add(jobs)
     if _previous_sigterm is None and threading.current_thread() is threading.main_thread():
         _previous_sigterm = signal.getsignal(signal.SIGTERM) or signal.SIG_DFL

@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlm.runs.checkpoint import STATE_DIR, read_metrics
+from mlm.runs.layout import LOG_FILE, STATE_DIR, STATE_FILE
+from mlm.runs.metrics import read_metrics
 from mlm.runs.progress import read_progress
 
-LOG_FILE = "train.log"
 ACTIVE_STATES = {"starting", "running"}
 PHASE_TEXT = {
     "starting": "Starting: loading the data and building the model…",
@@ -55,7 +55,7 @@ class RunStatus:
 
 def saved_state(run_dir: Path) -> dict:
     try:
-        return json.loads((run_dir / STATE_DIR / "state.json").read_text())
+        return json.loads((run_dir / STATE_DIR / STATE_FILE).read_text())
     except (OSError, ValueError):
         return {}
 

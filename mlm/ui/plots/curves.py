@@ -1,70 +1,21 @@
-"""Plotly figures for the app: one model's guesses per mask, and loss / perplexity curves of training runs.
-
-Every string placed in a figure is HTML-escaped, because plotly renders tags such as <b> or <br> in labels.
-"""
+"""The Curves tab's figures: loss and perplexity of several training runs overlaid (every string placed in a
+figure goes through mlm.ui.plots.base.label)."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import html
 import math
-import os
-import tempfile
-from pathlib import Path
 
 import plotly.graph_objects as go
 from plotly import colors as plotly_colors
-from plotly.subplots import make_subplots
+
+from mlm.ui.plots.base import label
 
 UNIFORM_GUESS_LOSS = math.log(30522)  # cross-entropy of guessing uniformly over BERT's 30,522 WordPieces
 REPORT_LOSS = 6.48  # the original assignment report's final validation loss
 # Colours no one confuses (a run's comes from its name, see run_colour): D3's ten and black
 RUN_COLOURS = plotly_colors.qualitative.D3 + ["#000000"]
-METRIC_COLUMNS = ("run", "step", "epoch", "split", "loss", "perplexity", "top1", "top5", "lr", "tokens_per_s", "elapsed_s")
-
-
-def percent(score: float) -> str:
-    """The one probability format of the Compare tab, in its charts and its tables."""
-    return f"{100 * score:.1f}%" if score >= 0.01 else f"{100 * score:.2g}%"
-
-
-def label(text: str) -> str:
-    """Text for a plotly label: plotly renders tags (<b>, <br>) and decodes only &amp; &lt; &gt; and numeric
-    entities, so `<`, `>` and `&` are escaped and quotes are left alone (escaped, `"` would read `&quot;`)."""
-    return html.escape(str(text), quote=False)
-
-
-def guesses_chart(answer: dict) -> go.Figure:
-    """Horizontal bars of the top-k candidates, one panel per [MASK], best guess on top. Every chart spans 0-100%,
-    so equal bars on the left and the right mean equal confidence."""
-    masks = answer.get("masks", [])
-    if not masks:
-        return go.Figure(layout=dict(height=120, margin=dict(l=10, r=10, t=10, b=10),
-                                     xaxis=dict(visible=False), yaxis=dict(visible=False)))
-    figure = make_subplots(rows=len(masks), cols=1, vertical_spacing=0.25 / len(masks),
-                           subplot_titles=[f"[MASK] {number}" for number in range(1, len(masks) + 1)])
-    for row, mask in enumerate(masks, start=1):
-        candidates = mask["candidates"][::-1]
-        figure.add_trace(go.Bar(
-            x=[c["score"] for c in candidates], y=[label(c["token"]) for c in candidates], orientation="h",
-            text=[percent(c["score"]) for c in candidates], textposition="outside", cliponaxis=False,
-            marker_color="#4f7cac", customdata=[label(c.get("sequence", c["token"])) for c in candidates],
-            hovertemplate="%{customdata}<br>%{text}<extra></extra>", showlegend=False,
-        ), row=row, col=1)
-        figure.update_xaxes(range=[0, 1], tickformat=".0%", dtick=0.5, fixedrange=True, row=row, col=1)
-        figure.update_yaxes(fixedrange=True, automargin=True, row=row, col=1)
-    rows_height = sum(24 * max(len(m["candidates"]), 1) + 40 for m in masks)
-    # The axes are fixed, so plotly's zoom and pan buttons only get in the way (on a phone, over the titles).
-    figure.update_layout(height=max(180, rows_height), margin=dict(l=10, r=45, t=30, b=10), bargap=0.15,
-                         modebar=dict(remove=["zoom", "pan", "select", "lasso", "zoomin", "zoomout", "autoscale",
-                                              "resetscale"]))
-    return figure
-
-
 X_AXES = ("step", "epoch")  # epochs put runs with different batch sizes (steps of different sizes) side by side
-
-
 SPARSE_POINTS = 40  # a curve with fewer points than this shows each one as a marker (a new run's first points)
 LEGEND_ROW_PX = 24
 
@@ -143,20 +94,3 @@ def curves(runs: dict[str, list[dict]], x_axis: str = "step", focus: str | None 
             figure.update_xaxes(range=span)
     return loss, perplexity
 
-
-def write_metrics_csv(runs: dict[str, list[dict]], path: Path) -> Path:
-    """Written to a file of its own and then moved into place: a download in progress never reads half a file, and
-    two requests writing the same path at once never take each other's partial file away."""
-    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".partial")
-    try:
-        with os.fdopen(handle, "w", newline="") as out:
-            writer = csv.DictWriter(out, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            for name, records in runs.items():
-                for record in records:
-                    writer.writerow({"run": name, **record})
-        os.replace(partial, path)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
-    return path

@@ -1,30 +1,19 @@
 """Plotly figures for the Explain tab: guesses layer by layer, attention from one token, surprise per token.
 
-They take the JSON the Explain API returns (mlm.serve.explain), so a figure shows exactly what a script would get. Every
-string placed in a figure is HTML-escaped (plotly renders tags such as <b> in labels; quotes stay as they are,
-since plotly would show &quot; literally).
+They take the JSON the Explain API returns (mlm.serve.explain), so a figure shows exactly what a script would get.
+Every string placed in a figure goes through mlm.ui.plots.base.label.
 """
 
 from __future__ import annotations
 
-import functools
-import html
 import math
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from mlm.ui.plots.base import empty, label
+
 ROW_PX = 26
-escape = functools.partial(html.escape, quote=False)
-
-
-def empty(message: str = "") -> go.Figure:
-    """A small blank figure, with the reason there is nothing to show."""
-    figure = go.Figure(layout=dict(height=120, margin=dict(l=10, r=10, t=10, b=10),
-                                   xaxis=dict(visible=False), yaxis=dict(visible=False)))
-    if message:
-        figure.add_annotation(text=escape(message), showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
-    return figure
 
 
 def layer_name(layer: int) -> str:
@@ -43,7 +32,7 @@ def layers_figure(answer: dict) -> go.Figure:
         layers = mask["layers"]
         labels = [layer_name(layer["layer"]) for layer in layers]
         scores = [[c["score"] for c in layer["candidates"]] for layer in layers]
-        text = [[f"{escape(c['token'])}<br>{100 * c['score']:.1f}%" for c in layer["candidates"]] for layer in layers]
+        text = [[f"{label(c['token'])}<br>{100 * c['score']:.1f}%" for c in layer["candidates"]] for layer in layers]
         figure.add_trace(go.Heatmap(
             z=scores, x=[f"#{rank}" for rank in range(1, len(scores[0]) + 1)], y=labels, text=text,
             texttemplate="%{text}", colorscale="Blues", zmin=0, zmax=1, showscale=row == 1,
@@ -57,7 +46,7 @@ def layers_figure(answer: dict) -> go.Figure:
 
 def token_axis(tokens: list[str]) -> dict:
     """A category axis cannot repeat a label ('the' twice): positions on the axis, tokens as their labels."""
-    return dict(tickmode="array", tickvals=list(range(len(tokens))), ticktext=[escape(t) for t in tokens],
+    return dict(tickmode="array", tickvals=list(range(len(tokens))), ticktext=[label(t) for t in tokens],
                 tickangle=-45)
 
 
@@ -73,17 +62,17 @@ def attention_figures(answer: dict, position: int) -> tuple[go.Figure, go.Figure
     heads = [(layer, head) for layer in range(len(layers)) for head in range(len(layers[layer]))]
     rows = [layers[layer][head][position] for layer, head in heads]
     labels = [f"L{layer + 1} H{head + 1}" for layer, head in heads]
-    hover = "from " + escape(tokens[position]) + " to %{customdata}: %{z:.3f}<extra>%{y}</extra>"
-    custom = [[escape(t) for t in tokens]] * len(rows)
+    hover = "from " + label(tokens[position]) + " to %{customdata}: %{z:.3f}<extra>%{y}</extra>"
+    custom = [[label(t) for t in tokens]] * len(rows)
     every = go.Figure(go.Heatmap(z=rows, y=labels, x=list(range(len(tokens))), customdata=custom, colorscale="Viridis",
                                  zmin=0, zmax=1, hovertemplate=hover, colorbar=dict(title="weight")))
     every.update_layout(height=max(260, 9 * len(rows) + 130), margin=dict(l=10, r=10, t=30, b=10),
                         xaxis=token_axis(tokens),
-                        title=f"Attention from {escape(tokens[position])} (position {position}), every head")
+                        title=f"Attention from {label(tokens[position])} (position {position}), every head")
     every.update_yaxes(autorange="reversed", dtick=1, tickfont=dict(size=8))
     averages = [head_average(layer, position) for layer in layers]
     average = go.Figure(go.Heatmap(z=averages, y=[f"layer {n}" for n in range(1, len(layers) + 1)],
-                                   x=list(range(len(tokens))), customdata=[[escape(t) for t in tokens]] * len(layers),
+                                   x=list(range(len(tokens))), customdata=[[label(t) for t in tokens]] * len(layers),
                                    colorscale="Viridis", zmin=0, zmax=1, hovertemplate=hover))
     average.update_layout(height=ROW_PX * len(layers) + 150, margin=dict(l=10, r=10, t=30, b=10),
                           xaxis=token_axis(tokens), title="Average over the heads of each layer")
@@ -97,7 +86,7 @@ def surprise_figure(answer: dict) -> go.Figure:
     if not tokens:
         return empty(answer.get("error", ""))
     bits = [-t["log_prob"] / math.log(2) for t in tokens]
-    labels = [escape(t["token"]) for t in tokens]
+    labels = [label(t["token"]) for t in tokens]
     figure = go.Figure(go.Heatmap(
         z=[bits], x=list(range(len(tokens))), y=["bits"],
         text=[[f"{label}<br>{b:.1f}" for label, b in zip(labels, bits)]],

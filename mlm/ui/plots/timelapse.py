@@ -7,11 +7,11 @@ axis is the step on a log scale; step 0 (the random start) is drawn at 0.5 and l
 
 from __future__ import annotations
 
-import html
-
 import plotly.graph_objects as go
 from plotly import colors as plotly_colors
 from plotly.subplots import make_subplots
+
+from mlm.ui.plots.base import label
 
 COLOURS = plotly_colors.qualitative.Plotly
 MARK = "#d62728"
@@ -33,12 +33,12 @@ def history_figure(history: dict, valid: list[dict], current_step: int | None) -
     steps = [x_position(s["step"]) for s in snapshots]
     for row, mask in enumerate(masks, start=1):
         for number, candidate in enumerate(mask["candidates"]):
-            label = html.escape(candidate["token"])
+            token = label(candidate["token"])
             figure.add_trace(go.Scatter(
-                x=steps, y=candidate["probabilities"], mode="lines+markers", name=label,
+                x=steps, y=candidate["probabilities"], mode="lines+markers", name=token,
                 legendgroup=f"mask{row}", legendgrouptitle_text=f"[MASK] {row}" if number == 0 else None,
                 line=dict(color=COLOURS[number % len(COLOURS)]),
-                hovertemplate=f"{label}: %{{y:.3f}} at step %{{customdata}}<extra></extra>",
+                hovertemplate=f"{token}: %{{y:.3f}} at step %{{customdata}}<extra></extra>",
                 customdata=[s["step"] for s in snapshots]), row=row, col=1)
         figure.update_yaxes(rangemode="tozero", tickformat=".2~%", row=row, col=1)
     figure.add_trace(go.Scatter(x=[x_position(r["step"]) for r in valid], y=[r["loss"] for r in valid],
