@@ -1,6 +1,6 @@
 """GPU check of mlm/fast's layers and output-layer loss (the backward a CPU run never takes): torch's results.
 
-tests/test_layers.py and tests/test_speedrun.py run the custom backward on the CPU (kernels="custom"); on a GPU it
+tests/unit/test_layers.py and tests/unit/test_speedrun.py run the custom backward on the CPU (kernels="custom"); on a GPU it
 also writes bf16 products straight to fp32 (`torch.mm(..., out_dtype=torch.float32)`). Here, on the GPU, at the
 `fast` step's sizes: one linear layer's and one layer norm's output and gradients against torch's (fp32 and bf16
 autocast), then the whole plain model's MLM loss and gradients as training computes them (kernels="auto":

@@ -1,6 +1,6 @@
 """GPU check that a resumed run continues its random numbers exactly, with the step captured as a CUDA graph.
 
-On the CPU tests/test_durable.py compares whole runs bit for bit. On a GPU the question is whether restoring the
+On the CPU tests/integration/test_durable.py compares whole runs bit for bit. On a GPU the question is whether restoring the
 saved CPU and CUDA generator states (mlm.train.state.rng_state) after a new process captured its graph (whose
 warm-up steps draw random numbers) makes the graph's replays draw what the uninterrupted run drew. This trains a
 tiny BERT 3 steps, saves weights, optimizer and RNG state, trains 6 more; then rebuilds everything as a resume

@@ -18,6 +18,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the tests import `mlm` from this checkout, however pytest is started
+# Tests of one kind share fixtures with another (a browser test drives the Train tab's app): every kind's folder is
+# importable, whichever file pytest collects first.
+for kind in ("unit", "integration", "browser"):
+    sys.path.insert(0, str(REPO / "tests" / kind))
 WIKITEXT_DIR = REPO.parent / "shared" / "data" / "wikitext-2-v1"
 OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
 SCRATCH_NAME = "BERT from scratch (WikiText-2)"  # the display names checkpoints/models.json gives them

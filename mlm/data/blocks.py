@@ -3,7 +3,7 @@
 The grouping is that of Hugging Face's `run_mlm` example: every line is tokenized with [CLS]/[SEP], each batch of
 1,000 lines is concatenated and cut into full blocks, and the remainder of each batch is dropped (that is why
 `wiki.valid.raw` gives 1,901 blocks of 128). Here the whole split is tokenized in one parallel call of the fast
-tokenizer and cut in numpy; tests/test_blocks.py keeps run_mlm's own `datasets.map` version as the reference and
+tokenizer and cut in numpy; tests/unit/test_blocks.py keeps run_mlm's own `datasets.map` version as the reference and
 finds the same blocks on real WikiText and on plain text.
 
 Every source's blocks are saved under `MLM_CACHE` (default ~/.cache/mlm) as one tensor file, keyed by what decides

@@ -7,7 +7,7 @@ Three sources, chosen by `open_corpus`:
   * the hub's `wikitext` / `wikitext-2-raw-v1` (the default, when the hub is reachable), the one source read
     through `datasets`.
 
-Local files are read directly, exactly as `datasets`' text loader reads them (`read_lines`; tests/test_corpus.py
+Local files are read directly, exactly as `datasets`' text loader reads them (`read_lines`; tests/unit/test_corpus.py
 compares both on WikiText and on plain text): a run on local files never imports `datasets`, with its pyarrow and
 pandas. Their paths are opened as given, never as glob patterns, so any name a user can type works: brackets,
 spaces, unicode.

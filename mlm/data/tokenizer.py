@@ -5,7 +5,7 @@ with the `tokenizers` library alone, `TokenizerFiles`).
 log, benchmarks/LOG.md, have the measurements: the `data` phase). A from-scratch run only needs the special-token
 ids, the vocabulary size, batch encoding (first run only: the blocks are cached) and a copy of the files for its
 checkpoints. `tokenizer.json` holds the whole pipeline, and encoding it with `tokenizers` gives transformers' ids
-exactly (tests/test_bert.py compares both, tests/test_blocks.py the blocks they make).
+exactly (tests/unit/test_bert.py compares both, tests/unit/test_blocks.py the blocks they make).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ waits for (the speedrun log, benchmarks/LOG.md row 21, has the measurements).
 This class is the part of the optimizer training uses: parameter groups with their own weight decay, one learning
 rate held in a tensor (a captured CUDA graph reads the current value at every replay), `state` per parameter and
 `state_dict` / `load_state_dict` in torch's layout, so checkpoints written with either load into the other.
-tests/test_adamw.py checks it against `torch.optim.AdamW`, bit for bit.
+tests/unit/test_adamw.py checks it against `torch.optim.AdamW`, bit for bit.
 """
 
 from __future__ import annotations

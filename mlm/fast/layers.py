@@ -11,7 +11,7 @@ LayerNorm backward), 35 (torch's LayerNorm for few rows).
 
 Which backward runs is the `kernels` switch's choice (mlm/fast/kernels.py), given to each layer when it is built:
 with "auto", the default, these are exactly nn.Linear and nn.LayerNorm on a CPU or with no gradient to compute.
-tests/test_layers.py checks outputs and gradients against torch's layers, with and without autocast (built with
+tests/unit/test_layers.py checks outputs and gradients against torch's layers, with and without autocast (built with
 kernels="custom", so the hand-written backward runs on the CPU); benchmarks/check_layers_gpu.py does it on a GPU.
 """
 

@@ -22,7 +22,7 @@ def padded_output_layer(weight: torch.Tensor, bias: torch.Tensor, dtype: torch.d
     """The output layer's weight and bias over the vocabulary padded to a multiple of VOCAB_MULTIPLE words, cast to
     `dtype` straight into place: one copy each, no padded fp32 copy first. The padding words have weight 0 and bias
     PAD_LOGIT, so their probability is exactly 0 and the loss and gradients are those over the real vocabulary
-    (tests/test_model.py and tests/test_bert.py compare the loss with BertForMaskedLM's own). Autograd follows the
+    (tests/unit/test_model.py and tests/unit/test_bert.py compare the loss with BertForMaskedLM's own). Autograd follows the
     copies where gradients are on."""
     vocab, width = weight.shape
     padded_vocab = vocab + -vocab % VOCAB_MULTIPLE
@@ -47,7 +47,7 @@ class OutputLayerLoss(torch.autograd.Function):
 
     The loss is -log of the target's probability (softmax in `dtype`, accumulated in fp32 by torch's kernel);
     with bf16 that rounds each term by at most ~0.002, less than bf16 log-probabilities do. A probability below
-    fp32's smallest normal number counts as that number (a term of at most 87.3). tests/test_speedrun.py checks loss
+    fp32's smallest normal number counts as that number (a term of at most 87.3). tests/unit/test_speedrun.py checks loss
     and gradients against torch's cross-entropy; benchmarks/check_layers_gpu.py the whole model's on a GPU.
     """
 

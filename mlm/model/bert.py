@@ -13,7 +13,7 @@ Initialisation is HF's `_init_weights`: Linear and Embedding weights N(0, 0.02),
 the word embeddings zero, LayerNorm weight 1 and bias 0. The modules are even built and initialised in HF's order
 (the encoder built, then initialised children before parents; then the head likewise, the decoder's own weight drawn
 and then replaced by the tied embedding), so under the same seed the random start, and the dropout masks drawn in
-training, are bit for bit HF's (tests/test_bert.py): the random-start snapshot of older runs still rebuilds from its
+training, are bit for bit HF's (tests/unit/test_bert.py): the random-start snapshot of older runs still rebuilds from its
 seed.
 """
 

@@ -41,7 +41,7 @@ def mimetic_init(model) -> None:
         first step a position attends to itself and its neighbours rather than uniformly.
     The speedrun log (benchmarks/LOG.md) has the measurements, rows 15-18 (benchmarks/init_ablation.py): each
     change alone shortens the plateau; together `fast` reaches loss 3.9 at epoch 7-8 instead of 18, in two seeds
-    out of two. tests/test_model.py checks the tables against an independent numpy one."""
+    out of two. tests/unit/test_model.py checks the tables against an independent numpy one."""
     sinusoidal_positions(model, model.config.initializer_range)
     mimetic_attention(model, 2.0)
 

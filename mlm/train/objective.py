@@ -22,7 +22,7 @@ class MaskedLMObjective(nn.Module):
     In this small model the output layer is three quarters of all arithmetic, and only ~15% of positions carry a
     label. Gathering a fixed number (`max_predictions`) of positions, masked ones first, keeps every shape static,
     so the step can be compiled or captured as a CUDA graph; padding positions carry IGNORE_INDEX and drop out of
-    the mean. The result equals `BertForMaskedLM(...).loss` on the same batch (tests/test_model.py, test_bert.py).
+    the mean. The result equals `BertForMaskedLM(...).loss` on the same batch (tests/unit/test_model.py, test_bert.py).
 
     The output layer runs over a padded vocabulary (mlm/fast/output_loss.py, `padded_output_layer`); where the
     `kernels` switch runs the hand-written "output_loss" (mlm/fast/kernels.py), the output layer and its

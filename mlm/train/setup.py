@@ -3,7 +3,7 @@
 The order is part of the contract: the seed goes first (every process builds the same initial weights), then a
 per-process seed (masks and dropout differ across processes); the optimizer's state is loaded before the step is
 captured as a CUDA graph, and the random-number state is restored after the capture's warm-up steps drew from the
-generators. So a resumed run continues bit for bit where it stopped (tests/test_durable.py on the CPU,
+generators. So a resumed run continues bit for bit where it stopped (tests/integration/test_durable.py on the CPU,
 benchmarks/check_resume_gpu.py on a GPU).
 """
 

@@ -6,7 +6,7 @@ Three changes, each reaching into Gradio internals (private attributes, a class 
     fill the queue that a whole class shares;
   * `cheap_sessions`: a new session configures its components on demand instead of all of them up front
     (`gradio.state_holder.SessionState`, replaced for the process).
-tests/test_serving.py checks each one's behaviour end to end.
+tests/integration/test_serving.py checks each one's behaviour end to end.
 
 They were written for GRADIO_VERSIONS (the range requirements.txt allows). Outside it, applying any of them raises
 UnsupportedGradio, at start-up, rather than skipping the patch with a warning: the app serves a public Space, and

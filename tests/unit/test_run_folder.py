@@ -1,6 +1,6 @@
 """A run folder's files without a training run: the checkpoint schedule's clock, best/'s two renames, a failed
 save's staging folder, the shipped checkpoints' manifests, and a metrics.jsonl that cannot be read during a resume.
-Whole runs killed at every stage of a publish are in tests/test_durable.py."""
+Whole runs killed at every stage of a publish are in tests/integration/test_durable.py."""
 
 from __future__ import annotations
 

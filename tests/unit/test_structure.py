@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "mlm"
+PACKAGE = Path(__file__).resolve().parents[2] / "mlm"
 # Lowest first: what a run folder is on disk, then the data, the fast paths, the model, training, serving and the app.
 STAGES = ("base", "runs", "data", "fast", "model", "train", "serve", "ui")
 BASE = {"mlm.errors", "mlm.hub", "mlm.cache", "mlm.config", "mlm.presets", "mlm"}

@@ -9,7 +9,7 @@ import math
 import sys
 from pathlib import Path
 
-GOLDEN = Path(__file__).resolve().parent / "golden"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 TOLERANCE = 1e-6
 
 
