@@ -105,3 +105,18 @@ def app_server(app_project) -> str:
     """The real `python app.py`, offline, serving app_project's checkpoints; yields its URL."""
     with running_app(app_project / "checkpoints", app_project / "app.log", SPACE_ID="") as (url, _):
         yield url
+
+
+@pytest.fixture(scope="module")
+def registry(app_project):
+    """The app project's model registry (a test module that needs another, e.g. the shipped models, defines its own)."""
+    from mlm.serve.registry import ModelRegistry
+
+    return ModelRegistry(app_project / "checkpoints")
+
+
+@pytest.fixture(scope="module")
+def predictor(registry):
+    from mlm.serve.answers import Predictor
+
+    return Predictor(registry)

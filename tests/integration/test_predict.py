@@ -17,16 +17,6 @@ from mlm.serve.checks import MAX_MASKS, check_text, normalise_masks
 from mlm.serve.registry import ModelRegistry
 
 
-@pytest.fixture(scope="module")
-def registry(app_project) -> ModelRegistry:
-    return ModelRegistry(app_project / "checkpoints")
-
-
-@pytest.fixture(scope="module")
-def predictor(registry) -> Predictor:
-    return Predictor(registry)
-
-
 def pipeline_for(registry: ModelRegistry, name: str):
     """transformers' own fill-mask pipeline on the same checkpoint (a LoRA one through load_model, merged), in fp32
     as the app computes: by default the pipeline would run an fp16 checkpoint in fp16."""

@@ -33,16 +33,6 @@ from mlm.ui.gradio_patches import (
 INTERNALS = re.compile(r"\b\w*(Error|Exception)\b|/tmp/|/work/|/home/|/root/")
 
 
-@pytest.fixture(scope="module")
-def registry(app_project) -> ModelRegistry:
-    return ModelRegistry(app_project / "checkpoints")
-
-
-@pytest.fixture(scope="module")
-def predictor(registry) -> Predictor:
-    return Predictor(registry)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # 1. Text of any length: refused before the tokenizer sees it
 
