@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from mlm.config import preset_config
+from mlm.data.corpus import HELD_OUT_FRACTION  # an uploaded text is held out as every text corpus is
 from mlm.data.masking import MaskingSpec, fixed_validation_masks, mask_tokens, max_predictions
 from mlm.data.tokenizer import load_tokenizer
 from mlm.hub import offline_stand_in
@@ -30,7 +31,6 @@ from mlm.train.step import build_optimizer
 
 BYTES_PER_BLOCK = 610
 HUB_BLOCKS = (17_770, 1_901)  # WikiText-2 (train, validation)
-HELD_OUT_FRACTION = 0.1  # of an uploaded text (as mlm.data.corpus holds out)
 CALIBRATION_BATCHES = (2, 8)
 
 
